@@ -1,0 +1,186 @@
+//! `c2i export-grads`: the gradient pass on a data set, written as safetensors with
+//! Hugging Face tensor names so any framework can check it.
+
+use super::Output;
+use crate::resources::{mib, peak_rss_bytes};
+use anyhow::{bail, Context, Result};
+use c2i_stages::data::split::{selection_samples, SampleSize, SampleSpec};
+use c2i_stages::data::{self, Task};
+use c2i_stages::grad::{gradient_pass, GradOptions, LossSample};
+use c2i_stages::model::tokenizer::encode;
+use c2i_stages::model::weights::save_safetensors;
+use c2i_stages::model::Weights;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "DATA FORMAT: --data takes a task's JSONL file in LASER's order, one JSON \
+object per line, as in shared/datasets/*/laser_*.jsonl or as `c2i fetch bigbench` writes them: \
+epistemic_reasoning and qa_wikidata {\"inputs\", \"target\", \"split\"}; fever {\"question\", \
+\"answer\": 0|1}; truthfulqa {\"prompt\", \"label\": 0|1}; hotpotqa {\"question\", \"answer\"}. \
+The calibration rows are drawn from the first 20% of the file (LASER's selection split), \
+disjoint from the evaluation sample of the same --eval-samples/--eval-seed."
+)]
+pub struct Args {
+    /// A `.gguf` file, a Hugging Face directory (config.json, tokenizer.json,
+    /// *.safetensors), or `smollm2` for the fetched SmolLM2-135M-Instruct.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// The data file (JSONL, see DATA FORMAT below).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The task: epistemic_reasoning, qa_wikidata, fever, truthfulqa, hotpotqa.
+    /// Inferred from the file name when omitted.
+    #[arg(long)]
+    pub task: Option<Task>,
+    /// Number of calibration samples.
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    /// Seed of the calibration sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Size of the evaluation sample the calibration rows must avoid.
+    #[arg(long, default_value_t = 100)]
+    pub eval_samples: usize,
+    /// Seed of that evaluation sample.
+    #[arg(long, default_value_t = 1)]
+    pub eval_seed: u64,
+    /// Samples per forward/backward (bounds memory).
+    #[arg(long, default_value_t = 8)]
+    pub micro_batch: usize,
+    /// Output file (safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// The model path: a file or directory, or `smollm2` (fetched if needed).
+pub fn resolve_model(model: &str) -> Result<PathBuf> {
+    if model == "smollm2" {
+        return Ok(c2i_stages::assets::smollm2_gguf()?);
+    }
+    let p = PathBuf::from(model);
+    if !p.exists() {
+        bail!("--model {model}: no such file or directory (expected a .gguf file, a Hugging Face directory, or `smollm2`)");
+    }
+    Ok(p)
+}
+
+/// The task named, or the one whose LASER file name `path` ends with.
+pub fn resolve_task(task: Option<Task>, path: &Path) -> Result<Task> {
+    if let Some(t) = task {
+        return Ok(t);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    Task::ALL
+        .into_iter()
+        .find(|t| t.laser_file().ends_with(&name))
+        .with_context(|| {
+            format!(
+                "{}: cannot tell the task from the file name; pass --task",
+                path.display()
+            )
+        })
+}
+
+/// Prompt and gold-answer tokens of some examples.
+pub fn loss_samples(
+    tokenizer: &tokenizers::Tokenizer,
+    examples: &[&data::Example],
+) -> Result<Vec<LossSample>> {
+    examples
+        .iter()
+        .map(|e| {
+            Ok(LossSample {
+                prompt: encode(tokenizer, &e.prompt)?,
+                answer: encode(tokenizer, &e.answer.gold_continuation())?,
+            })
+        })
+        .collect()
+}
+
+pub fn run(args: Args, out: &Output) -> Result<()> {
+    let started = Instant::now();
+    let model_path = resolve_model(&args.model)?;
+    let task = resolve_task(args.task, &args.data)?;
+    let examples = data::load(task, &args.data)?;
+    let picked = selection_samples(
+        examples.len(),
+        SampleSpec::new(SampleSize::N(args.eval_samples), args.eval_seed),
+        SampleSpec::new(SampleSize::N(args.samples), args.seed),
+    )
+    .with_context(|| format!("sampling {}", args.data.display()))?;
+    let loaded = Weights::load(&model_path)?;
+    let chosen: Vec<&data::Example> = picked.calibration.iter().map(|&r| &examples[r]).collect();
+    let samples = loss_samples(&loaded.tokenizer, &chosen)?;
+    let tokens: usize = samples
+        .iter()
+        .map(|s| s.prompt.len() + s.answer.len())
+        .sum();
+    tracing::info!(
+        samples = samples.len(),
+        tokens,
+        model = %model_path.display(),
+        "gradient pass over {task}"
+    );
+    let bar = out.progress(samples.len() as u64, "gradient pass");
+    let pass_start = Instant::now();
+    let grads = gradient_pass(
+        &loaded.weights,
+        &samples,
+        &[],
+        &GradOptions {
+            micro_batch: args.micro_batch,
+        },
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    let pass_seconds = pass_start.elapsed().as_secs_f64();
+    let meta = BTreeMap::from([
+        ("loss".to_string(), format!("{}", grads.loss)),
+        ("task".to_string(), task.to_string()),
+        ("samples".to_string(), samples.len().to_string()),
+        ("seed".to_string(), args.seed.to_string()),
+        (
+            "rows".to_string(),
+            serde_json::to_string(&picked.calibration)?,
+        ),
+        ("model".to_string(), model_path.display().to_string()),
+        (
+            "loss_definition".to_string(),
+            "mean over samples of the summed NLL of the gold answer tokens".to_string(),
+        ),
+    ]);
+    save_safetensors(&grads.named(), &meta, &args.out)?;
+    let peak = peak_rss_bytes();
+    let text = format!(
+        "wrote {} gradients to {}\nloss {:.6} over {} samples ({} tokens, {} answer tokens)\ngradient pass {:.1} s, total {:.1} s, peak RSS {}",
+        grads.grads.len(),
+        args.out.display(),
+        grads.loss,
+        samples.len(),
+        tokens,
+        grads.answer_tokens,
+        pass_seconds,
+        started.elapsed().as_secs_f64(),
+        peak.map(mib).unwrap_or_else(|| "unknown".into())
+    );
+    out.result(
+        &text,
+        &serde_json::json!({
+            "out": args.out,
+            "matrices": grads.grads.len(),
+            "loss": grads.loss,
+            "samples": samples.len(),
+            "tokens": tokens,
+            "gradient_seconds": pass_seconds,
+            "total_seconds": started.elapsed().as_secs_f64(),
+            "peak_rss_bytes": peak,
+        }),
+    );
+    Ok(())
+}

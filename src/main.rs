@@ -1,0 +1,60 @@
+//! `c2i`: Compress to Impress as a content-addressed build. This file only parses the
+//! command line and dispatches; each command lives in `commands/`.
+
+mod commands;
+mod resources;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "c2i",
+    version,
+    about = "Gradient-guided rank reduction of LLM weight matrices, run as a cached build"
+)]
+struct Cli {
+    /// Only errors on stderr.
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Machine-readable output: one JSON object on stdout, no progress bars.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and verify a model or data package into $C2I_HOME/assets (no-op when present).
+    Fetch(commands::fetch::Args),
+    /// Run the gradient pass and write dLoss/dW of every matrix as safetensors.
+    ExportGrads(commands::export_grads::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet { "error" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("C2I_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let out = commands::Output {
+        quiet: cli.quiet,
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Fetch(a) => commands::fetch::run(a, &out),
+        Command::ExportGrads(a) => commands::export_grads::run(a, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
