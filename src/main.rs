@@ -30,13 +30,21 @@ enum Command {
     Fetch(commands::fetch::Args),
     /// Run the gradient pass and write dLoss/dW of every matrix as safetensors.
     ExportGrads(commands::export_grads::Args),
+    /// Run a pipeline: only what is not cached is computed.
+    Run(commands::pipeline::RunArgs),
+    /// Run several variants of a pipeline in one process, reusing work between them.
+    Sweep(commands::pipeline::SweepArgs),
+    /// Show each stage instance as cached or to-run, and why.
+    Status(commands::pipeline::StatusArgs),
+    /// Inspect, verify or clean the cache.
+    Cache(commands::cache::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if cli.quiet { "error" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("C2I_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},salsa=warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -49,6 +57,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Fetch(a) => commands::fetch::run(a, &out),
         Command::ExportGrads(a) => commands::export_grads::run(a, &out),
+        Command::Run(a) => commands::pipeline::run(a, &out),
+        Command::Sweep(a) => commands::pipeline::sweep(a, &out),
+        Command::Status(a) => commands::pipeline::status(a, &out),
+        Command::Cache(a) => commands::cache::run(a, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,8 +18,14 @@
 //!   .../.tmp.<pid>.<n>.<rand>  a write in progress (or interrupted; gc removes old ones)
 //! ```
 //!
-//! Blobs are raw bytes in whatever format the stage chose (safetensors for tensors, as
-//! STACK.md suggests), so they can be memory-mapped ([`Blob`]) without copying.
+//! Blobs are raw bytes in whatever format the stage chose, so they can be
+//! memory-mapped ([`Blob`]) without copying. Tensor blobs (gradients, block-SVD
+//! factors) are safetensors, not rkyv: safetensors keeps the data 8-byte aligned, so
+//! `bytemuck` gives `&[f32]` straight from the map; it writes a 320 MiB file in 0.6 s
+//! against rkyv's 1.45 s (STACK.md); and candle, numpy and torch read it, so a user can
+//! inspect a cached gradient or factor in any framework, while an rkyv layout is tied to
+//! our Rust structs and the rkyv version. rkyv is used where that tie is an asset: the
+//! small action-cache entries below, validated on read.
 //!
 //! # Writes
 //!

@@ -1,7 +1,9 @@
 //! The subcommands of the `c2i` binary.
 
+pub mod cache;
 pub mod export_grads;
 pub mod fetch;
+pub mod pipeline;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

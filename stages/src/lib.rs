@@ -15,6 +15,7 @@ pub mod assets;
 pub mod compress;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod factor;
 pub mod grad;
 pub mod model;

@@ -291,9 +291,17 @@ impl Llama {
         h.broadcast_matmul(&self.lm_head.t()?)
     }
 
-    fn rope_for(&self, batch: &Batch) -> CResult<(Tensor, Tensor)> {
-        let (b, t) = batch.positions.dims2()?;
-        let flat = batch.positions.flatten_all()?;
+    /// cos and sin for the rotary embedding of a batch, each (batch, 1, time, head_dim).
+    pub fn rope_for(&self, batch: &Batch) -> CResult<(Tensor, Tensor)> {
+        self.rope_at(&batch.positions)
+    }
+
+    /// cos and sin at arbitrary positions (batch, time) of u32, each
+    /// (batch, 1, time, head_dim): for callers that run the layers themselves (KV-cached
+    /// generation, tree-shaped batches).
+    pub fn rope_at(&self, positions: &Tensor) -> CResult<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
         let half = self.config.head_dim() / 2;
         let take = |table: &Tensor| -> CResult<Tensor> {
             let x = table.index_select(&flat, 0)?.reshape((b, 1, t, half))?;

@@ -372,12 +372,45 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError
     Ok(out)
 }
 
+/// Number of layers of a model file, read from its header (GGUF metadata or
+/// config.json) without loading any tensor.
+pub fn layer_count(path: &Path) -> Result<usize, ModelError> {
+    if path.is_dir() {
+        return Ok(LlamaConfig::from_hf_config(&path.join("config.json"))?.num_hidden_layers);
+    }
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let ct = gguf_file::Content::read(&mut file).map_err(candle_err(path))?;
+    Ok(LlamaConfig::from_gguf(&ct, path)?.num_hidden_layers)
+}
+
+/// f32 tensors as safetensors bytes with string metadata.
+pub fn save_safetensors_bytes(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, ModelError> {
+    serialize_safetensors(tensors, metadata, Path::new("<memory>"))
+}
+
 /// Writes f32 tensors as safetensors with string metadata, atomically (temp + rename).
 pub fn save_safetensors(
     tensors: &BTreeMap<String, Tensor>,
     metadata: &BTreeMap<String, String>,
     path: &Path,
 ) -> Result<(), ModelError> {
+    let bytes = serialize_safetensors(tensors, metadata, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn serialize_safetensors(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+    path: &Path,
+) -> Result<Vec<u8>, ModelError> {
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_dtype(DType::F32).map_err(candle_err(path))?;
@@ -406,16 +439,10 @@ pub fn save_safetensors(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Format {
+    safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,174 @@
+//! Export of the adapted model: a Hugging Face directory (model.safetensors with the
+//! replaced matrix dense, config.json, tokenizer.json) loadable by candle and by
+//! transformers, and on request the factored form of the replaced matrix (U·S and Vᵀ
+//! per block) that is actually smaller.
+//!
+//! An export records the key it was made from (`c2i-export.json`); a later run with
+//! the same model and candidate finds it and writes nothing.
+
+use crate::db::{self, Candidate, EngineDb, MatrixReq, Setup};
+use crate::runner::write_atomic;
+use crate::EngineError;
+use c2i_cache::Digest;
+use c2i_stages::compress::{dense_candidate, factored_candidate};
+use c2i_stages::factor::from_safetensors;
+use c2i_stages::model::weights::save_safetensors;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A file written, and its size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Written {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// What was exported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportInfo {
+    pub dense: Option<Written>,
+    pub factored: Option<FactoredInfo>,
+}
+
+/// The factored matrix file, with parameter counts against the dense matrix.
+#[derive(Debug, Clone, Serialize)]
+pub struct FactoredInfo {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub params: usize,
+    pub dense_params: usize,
+}
+
+fn size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the adapted model under `dir/model/` (and `dir/factored.safetensors`).
+pub fn export(
+    db: &dyn EngineDb,
+    setup: Setup,
+    best: Candidate,
+    dir: &Path,
+    dense: bool,
+    factored: bool,
+) -> Result<ExportInfo, EngineError> {
+    let facts = db::factors(db, MatrixReq::new(db, setup, best.matrix, best.blocks))
+        .map_err(EngineError::Stage)?;
+    let stamp = serde_json::json!({
+        "model": Digest::from_bytes(setup.model_digest(db)).to_hex(),
+        "matrix": best.matrix.hf_name(),
+        "factors": facts.0.key.to_hex(),
+        "keep": best.keep(),
+    });
+    let model_dir = dir.join("model");
+    let stamp_path = model_dir.join("c2i-export.json");
+    let fpath = dir.join("factored.safetensors");
+    let fblob = db.ctx().store.get(
+        facts
+            .0
+            .outputs
+            .get("factors")
+            .ok_or_else(|| EngineError::Corrupt("factors entry without `factors`".into()))?,
+        false,
+    )?;
+    let view = from_safetensors(fblob.bytes())?;
+    let mut info = ExportInfo {
+        dense: None,
+        factored: None,
+    };
+    if dense {
+        let st = model_dir.join("model.safetensors");
+        let current = std::fs::read(&stamp_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if current.as_ref() != Some(&stamp) || !st.exists() {
+            let loaded = db.ctx().model(
+                setup.model_path(db),
+                &Digest::from_bytes(setup.model_digest(db)),
+            )?;
+            let w = Tensor::from_vec(
+                dense_candidate(&view, best.keep())?,
+                (view.rows(), view.cols()),
+                &Device::Cpu,
+            )?;
+            let adapted = loaded
+                .weights
+                .with_replaced(&BTreeMap::from([(best.matrix, w)]))?;
+            std::fs::create_dir_all(&model_dir).map_err(io(&model_dir))?;
+            let meta = BTreeMap::from([
+                ("format".to_string(), "pt".to_string()),
+                ("c2i_replaced".to_string(), best.matrix.hf_name()),
+                ("c2i_blocks".to_string(), best.blocks.to_string()),
+                ("c2i_keep".to_string(), best.keep().to_string()),
+            ]);
+            let mut tensors = adapted.tensors.clone();
+            if adapted.config.tie_word_embeddings {
+                tensors.remove("lm_head.weight");
+            }
+            save_safetensors(&tensors, &meta, &st)?;
+            let cfg = model_dir.join("config.json");
+            write_atomic(
+                &cfg,
+                &serde_json::to_vec_pretty(&adapted.config.to_hf_config())?,
+            )?;
+            let tok = model_dir.join("tokenizer.json");
+            loaded.tokenizer.save(&tok, true).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "{}: cannot write the tokenizer: {e}",
+                    tok.display()
+                ))
+            })?;
+            write_atomic(&stamp_path, &serde_json::to_vec_pretty(&stamp)?)?;
+        }
+        info.dense = Some(Written {
+            bytes: size(&st),
+            path: st,
+        });
+    }
+    if factored {
+        let fm = factored_candidate(&view, best.keep())?;
+        let mut tensors = BTreeMap::new();
+        let name = best.matrix.hf_name();
+        for (b, blk) in fm.blocks.iter().enumerate() {
+            tensors.insert(
+                format!("{name}.block.{b}.us"),
+                Tensor::from_vec(blk.a.clone(), (blk.rows, blk.rank), &Device::Cpu)?,
+            );
+            tensors.insert(
+                format!("{name}.block.{b}.vt"),
+                Tensor::from_vec(blk.b.clone(), (blk.rank, blk.cols), &Device::Cpu)?,
+            );
+        }
+        let meta = BTreeMap::from([
+            ("matrix".to_string(), name.clone()),
+            ("rows".to_string(), fm.rows.to_string()),
+            ("cols".to_string(), fm.cols.to_string()),
+            (
+                "block_row_starts".to_string(),
+                serde_json::to_string(&fm.blocks.iter().map(|b| b.row_start).collect::<Vec<_>>())?,
+            ),
+            (
+                "layout".to_string(),
+                "W[rows of block b] = us_b · vt_b".to_string(),
+            ),
+        ]);
+        save_safetensors(&tensors, &meta, &fpath)?;
+        let pc = fm.param_count();
+        info.factored = Some(FactoredInfo {
+            bytes: size(&fpath),
+            path: fpath,
+            params: pc.factored,
+            dense_params: pc.dense,
+        });
+    }
+    Ok(info)
+}

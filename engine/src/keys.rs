@@ -1,0 +1,111 @@
+//! What each stage's content key is made of.
+//!
+//! key(stage) = BLAKE3(stage name, stage code version, the parameters that stage
+//! reads, the content keys of its inputs, the environment fingerprint). Only the
+//! parameters a stage reads enter its key, so changing rho never invalidates
+//! gradients or factors. Factors are keyed by the matrix's own content and K, so they
+//! are shared across data sets, pipelines and models that contain the same matrix.
+//!
+//! Bump a stage's version when its code changes what it computes.
+
+use c2i_cache::{Digest, Key, KeyBuilder, KeyParts};
+use c2i_stages::data::Task;
+use c2i_stages::model::MatrixId;
+
+use crate::EngineError;
+
+pub const GRADIENTS: (&str, &str) = ("gradients", "1");
+pub const FACTORS: (&str, &str) = ("factors", "1");
+pub const SV_GRADS: (&str, &str) = ("sv-grads", "1");
+pub const EVALUATE: (&str, &str) = ("evaluate", "1");
+
+/// The environment that can change numbers: device, dtype, library versions.
+pub fn environment() -> Vec<(&'static str, String)> {
+    vec![
+        ("c2i", env!("CARGO_PKG_VERSION").to_string()),
+        ("device", "cpu".to_string()),
+        ("dtype", "f32".to_string()),
+        ("candle", "0.11.1".to_string()),
+        ("faer", "0.24".to_string()),
+    ]
+}
+
+fn builder(stage: (&str, &str)) -> KeyBuilder {
+    let mut b = KeyBuilder::new(stage.0, stage.1);
+    for (k, v) in environment() {
+        b = b.env(k, v);
+    }
+    b
+}
+
+fn done(b: KeyBuilder) -> Result<KeyParts, EngineError> {
+    b.build().map_err(EngineError::from)
+}
+
+/// Gradients: model content, data content, the calibration rows and the loss.
+pub fn gradients(
+    model: &Digest,
+    data: &Digest,
+    task: Task,
+    rows: &[usize],
+    micro_batch: usize,
+) -> Result<KeyParts, EngineError> {
+    done(
+        builder(GRADIENTS)
+            .param("task", task.name())
+            .param("calibration_rows", rows)
+            .param("loss", "mean over samples of summed gold-answer NLL")
+            .param("micro_batch", micro_batch)
+            .input("model", Key::from(*model))
+            .input("data", Key::from(*data)),
+    )
+}
+
+/// Factors: the matrix's content and K only.
+pub fn factors(matrix: &Digest, blocks: usize) -> Result<KeyParts, EngineError> {
+    done(
+        builder(FACTORS)
+            .param("blocks", blocks)
+            .param(
+                "svd_precision",
+                c2i_stages::factor::Precision::default().name(),
+            )
+            .input("matrix", Key::from(*matrix)),
+    )
+}
+
+/// Singular-value gradients of one matrix: its factors and the gradient pass.
+pub fn sv_grads(matrix: MatrixId, factors: &Key, gradients: &Key) -> Result<KeyParts, EngineError> {
+    done(
+        builder(SV_GRADS)
+            .param("matrix", matrix.hf_name())
+            .input("factors", *factors)
+            .input("gradients", *gradients),
+    )
+}
+
+/// One evaluation: the model, the candidate (none for the base model), the rows.
+pub fn evaluate(
+    model: &Digest,
+    data: &Digest,
+    task: Task,
+    rows: &[usize],
+    candidate: Option<(MatrixId, usize, f64, &Key)>,
+) -> Result<KeyParts, EngineError> {
+    let mut b = builder(EVALUATE)
+        .param("task", task.name())
+        .param("rows", rows)
+        .input("model", Key::from(*model))
+        .input("data", Key::from(*data));
+    match candidate {
+        None => b = b.param("candidate", "base"),
+        Some((m, k, rho, f)) => {
+            b = b
+                .param("matrix", m.hf_name())
+                .param("blocks", k)
+                .param("keep", rho)
+                .input("factors", *f);
+        }
+    }
+    done(b)
+}

@@ -1,0 +1,616 @@
+//! The pipeline file: TOML -> a typed, validated [`Spec`].
+//!
+//! Unknown keys and wrong types are errors that name the file, the line and the field.
+//! `--set a.b=value` overrides any key; the value uses TOML syntax (`3`, `[1, 2]`,
+//! `"mlp"`), and a bare word that is not valid TOML is taken as a string.
+//! Relative paths in the file are resolved against the file's directory.
+
+use c2i_stages::data::split::{SampleSize, SampleSpec};
+use c2i_stages::data::Task;
+use c2i_stages::eval::metrics::SelectionMetric;
+use c2i_stages::model::MatrixKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What can be wrong with a pipeline file or an override.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: field `{field}`: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: --set {assignment}: {message}")]
+    Override {
+        path: PathBuf,
+        assignment: String,
+        message: String,
+    },
+    #[error("{path}: field `{field}`: expected {expected}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        expected: String,
+    },
+}
+
+/// Which model file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A `.gguf` file, a Hugging Face directory, or `smollm2` (fetched).
+    pub path: String,
+}
+
+/// Which data and which samples of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub task: Task,
+    /// The task's JSONL file. For epistemic_reasoning and qa_wikidata it may be left
+    /// out: c2i then rebuilds it from the `bigbench` package (`c2i fetch bigbench`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_calibration")]
+    pub calibration: SampleSpec,
+    #[serde(default = "default_evaluation")]
+    pub evaluation: SampleSpec,
+    /// Held-out rows (the last 80%) on which the baseline and the winner are reported.
+    #[serde(default = "default_heldout")]
+    pub heldout: SampleSpec,
+}
+
+fn default_calibration() -> SampleSpec {
+    SampleSpec::new(SampleSize::N(100), 0)
+}
+fn default_evaluation() -> SampleSpec {
+    SampleSpec::new(SampleSize::N(100), 1)
+}
+fn default_heldout() -> SampleSpec {
+    SampleSpec::new(SampleSize::N(200), 2)
+}
+
+/// How candidates are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    /// Compress to Impress: score every matrix from one gradient pass, evaluate the top-k.
+    Gradient,
+    /// LASER's exhaustive search: evaluate every (layer, matrix, rank) in the grid.
+    Laser,
+}
+
+/// What `top_k` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// The k best (matrix, K, rho) entries are evaluated.
+    Entries,
+    /// The k best matrices (by their best entry), each evaluated at every (K, rho).
+    Matrices,
+}
+
+/// Which matrices are searched: a group name or a list of kinds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MatrixSelection {
+    Group(String),
+    Kinds(Vec<String>),
+}
+
+/// Which layers are searched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerSelection {
+    /// `all` or `last_third`.
+    Named(String),
+    List(Vec<usize>),
+}
+
+/// The search space and rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSpec {
+    #[serde(default = "default_mode")]
+    pub mode: SearchMode,
+    #[serde(default = "default_matrices")]
+    pub matrices: MatrixSelection,
+    #[serde(default = "default_layers")]
+    pub layers: LayerSelection,
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Whether `top_k` counts entries or matrices.
+    #[serde(default = "default_select")]
+    pub select: Select,
+    /// K: number of row blocks (1 = plain LASER).
+    #[serde(default = "default_blocks")]
+    pub blocks: Vec<usize>,
+    /// rho: fraction of each block's rank kept, in (0, 1].
+    #[serde(default)]
+    pub keep: Option<Vec<f64>>,
+    /// LASER's convention instead of `keep`: rho = 1 - 0.1 * rate, rate in [0, 10).
+    #[serde(default)]
+    pub rate: Option<Vec<f64>>,
+    /// `negative-sv-grad` (the paper's rule) or `first-order`.
+    #[serde(default = "default_score")]
+    pub score: String,
+    /// `accuracy` (LASER's rule) or `balanced_accuracy`; ties go to lower log-loss.
+    #[serde(default = "default_selection")]
+    pub selection_metric: SelectionMetric,
+    /// A candidate whose predictions put more than this share on one answer is flagged.
+    #[serde(default = "default_collapse")]
+    pub collapse_threshold: f64,
+}
+
+fn default_mode() -> SearchMode {
+    SearchMode::Gradient
+}
+fn default_matrices() -> MatrixSelection {
+    MatrixSelection::Group("mlp".into())
+}
+fn default_layers() -> LayerSelection {
+    LayerSelection::Named("all".into())
+}
+fn default_top_k() -> usize {
+    5
+}
+fn default_select() -> Select {
+    Select::Entries
+}
+fn default_blocks() -> Vec<usize> {
+    vec![1]
+}
+fn default_score() -> String {
+    "negative-sv-grad".into()
+}
+fn default_selection() -> SelectionMetric {
+    SelectionMetric::Accuracy
+}
+fn default_collapse() -> f64 {
+    0.95
+}
+
+/// Knobs that change how work runs, not what it means.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Samples per forward/backward in the gradient pass.
+    #[serde(default = "default_micro_batch")]
+    pub micro_batch: usize,
+    /// Samples per forward in evaluations.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch: usize,
+}
+
+fn default_micro_batch() -> usize {
+    8
+}
+fn default_eval_batch() -> usize {
+    16
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        RunSpec {
+            micro_batch: default_micro_batch(),
+            eval_batch: default_eval_batch(),
+        }
+    }
+}
+
+/// What to write besides the reports.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub dir: PathBuf,
+    /// Export the adapted model densely (safetensors, HF layout).
+    #[serde(default = "default_true")]
+    pub dense: bool,
+    /// Also export the factored form (U·S and V per block) of the replaced matrix.
+    #[serde(default)]
+    pub factored: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where the cache lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Default `$C2I_HOME/cache`; `--cache DIR` overrides.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A whole pipeline, as written in the file (after overrides and defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    #[serde(default = "default_search")]
+    pub search: SearchSpec,
+    #[serde(default)]
+    pub run: RunSpec,
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub cache: CacheSpec,
+}
+
+fn default_search() -> SearchSpec {
+    toml::from_str("").unwrap_or_else(|_| unreachable!("every search field has a default"))
+}
+
+/// A pipeline file read, overridden, validated, with paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub file: PathBuf,
+    pub spec: Spec,
+    /// The matrix kinds searched.
+    pub kinds: Vec<MatrixKind>,
+    /// rho values (from `keep`, or from `rate`).
+    pub keep: Vec<f64>,
+}
+
+/// The dotted name of the field written at `offset`: the nearest `[table]` header
+/// above it and the key on its line (best effort, for error messages).
+fn field_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[line_start..line_end].trim();
+    let key = line
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"');
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match (table, key.is_empty() || line.starts_with('[')) {
+        (Some(t), false) => format!("{t}.{key}"),
+        (None, false) => key.to_string(),
+        (Some(t), true) => t,
+        (None, true) => "(top level)".into(),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Parses one `a.b=value` override into the table.
+fn apply_override(table: &mut toml::Table, assignment: &str, file: &Path) -> Result<(), SpecError> {
+    let err = |message: String| SpecError::Override {
+        path: file.to_path_buf(),
+        assignment: assignment.to_string(),
+        message,
+    };
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| err("expected KEY=VALUE, e.g. search.top_k=3".into()))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(err("the key must be dotted names, e.g. search.keep".into()));
+    }
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").ok_or_else(|| err("no value".into()))?,
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| err(format!("`{p}` is not a table")))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl Pipeline {
+    /// Reads `file`, applies `overrides` in order, validates.
+    pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline, SpecError> {
+        let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, file, overrides)
+    }
+
+    /// As [`Pipeline::load`], on text already read (`file` names it in errors and
+    /// anchors relative paths).
+    pub fn parse(text: &str, file: &Path, overrides: &[String]) -> Result<Pipeline, SpecError> {
+        let parse_err = |e: toml::de::Error| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            let field = e
+                .span()
+                .map_or_else(|| "(unknown)".to_string(), |s| field_at(text, s.start));
+            SpecError::Parse {
+                path: file.to_path_buf(),
+                line,
+                column,
+                field,
+                message: e.message().trim().to_string(),
+            }
+        };
+        // The file alone first, so its errors carry its line numbers.
+        let mut spec: Spec = toml::from_str(text).map_err(parse_err)?;
+        if !overrides.is_empty() {
+            let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+            for o in overrides {
+                apply_override(&mut table, o, file)?;
+            }
+            spec =
+                Spec::deserialize(toml::Value::Table(table)).map_err(|e| SpecError::Override {
+                    path: file.to_path_buf(),
+                    assignment: overrides.join(" "),
+                    message: e.message().to_string(),
+                })?;
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        if let Some(p) = &spec.data.path {
+            spec.data.path = Some(resolve(p));
+        }
+        spec.output.dir = resolve(&spec.output.dir);
+        if let Some(d) = &spec.cache.dir {
+            spec.cache.dir = Some(resolve(d));
+        }
+        if spec.model.path != "smollm2" {
+            spec.model.path = resolve(Path::new(&spec.model.path)).display().to_string();
+        }
+        Self::validate(spec, file)
+    }
+
+    fn validate(spec: Spec, file: &Path) -> Result<Pipeline, SpecError> {
+        let bad = |field: &str, expected: &str| SpecError::Invalid {
+            path: file.to_path_buf(),
+            field: field.to_string(),
+            expected: expected.to_string(),
+        };
+        let s = &spec.search;
+        let kinds: Vec<MatrixKind> = match &s.matrices {
+            MatrixSelection::Group(g) => match g.as_str() {
+                "mlp" => MatrixKind::MLP.to_vec(),
+                "attn" => MatrixKind::ATTN.to_vec(),
+                "all" => MatrixKind::ALL.to_vec(),
+                one => vec![MatrixKind::from_short(one).ok_or_else(|| {
+                    bad(
+                        "search.matrices",
+                        "`mlp`, `attn`, `all`, or a list of q, k, v, o, gate, up, down",
+                    )
+                })?],
+            },
+            MatrixSelection::Kinds(list) => {
+                let mut v = Vec::new();
+                for k in list {
+                    v.push(MatrixKind::from_short(k).ok_or_else(|| {
+                        bad("search.matrices", "a list of q, k, v, o, gate, up, down")
+                    })?);
+                }
+                v.sort();
+                v.dedup();
+                v
+            }
+        };
+        if kinds.is_empty() {
+            return Err(bad("search.matrices", "at least one matrix kind"));
+        }
+        if let LayerSelection::Named(n) = &s.layers {
+            if n != "all" && n != "last_third" {
+                return Err(bad(
+                    "search.layers",
+                    "`all`, `last_third`, or a list of layer indices",
+                ));
+            }
+        }
+        if s.blocks.is_empty() || s.blocks.contains(&0) {
+            return Err(bad(
+                "search.blocks",
+                "a non-empty list of positive integers",
+            ));
+        }
+        let keep = match (&s.keep, &s.rate) {
+            (Some(_), Some(_)) => {
+                return Err(bad("search.rate", "either `keep` or `rate`, not both"));
+            }
+            (Some(k), None) => k.clone(),
+            (None, Some(r)) => {
+                if r.iter().any(|x| !(0.0..10.0).contains(x)) {
+                    return Err(bad("search.rate", "values in [0, 10) (LASER's rate)"));
+                }
+                r.iter().map(|x| 1.0 - 0.1 * x).collect()
+            }
+            (None, None) => vec![0.01, 0.05, 0.1, 0.2, 0.4, 0.8],
+        };
+        if keep.is_empty() || keep.iter().any(|x| !(*x > 0.0 && *x <= 1.0)) {
+            return Err(bad(
+                "search.keep",
+                "a non-empty list of fractions in (0, 1]",
+            ));
+        }
+        if s.top_k == 0 {
+            return Err(bad("search.top_k", "a positive integer"));
+        }
+        if s.score != "negative-sv-grad" && s.score != "first-order" {
+            return Err(bad("search.score", "`negative-sv-grad` or `first-order`"));
+        }
+        if !(s.collapse_threshold > 0.0 && s.collapse_threshold <= 1.0) {
+            return Err(bad("search.collapse_threshold", "a share in (0, 1]"));
+        }
+        if spec.run.micro_batch == 0 || spec.run.eval_batch == 0 {
+            return Err(bad("run.micro_batch", "positive batch sizes"));
+        }
+        if spec.data.path.is_none() && !spec.data.task.is_bigbench() {
+            return Err(bad(
+                "data.path",
+                "a path to the task's JSONL file (only BigBench tasks can be fetched)",
+            ));
+        }
+        Ok(Pipeline {
+            file: file.to_path_buf(),
+            spec,
+            kinds,
+            keep,
+        })
+    }
+
+    /// The layers searched, for a model with `n` layers.
+    pub fn layers(&self, n: usize) -> Vec<usize> {
+        match &self.spec.search.layers {
+            LayerSelection::Named(s) if s == "last_third" => (n - n / 3..n).collect(),
+            LayerSelection::Named(_) => (0..n).collect(),
+            LayerSelection::List(v) => {
+                let mut v: Vec<usize> = v.iter().copied().filter(|&l| l < n).collect();
+                v.sort();
+                v.dedup();
+                v
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[model]
+path = "smollm2"
+
+[data]
+task = "epistemic_reasoning"
+
+[output]
+dir = "out/x"
+"#;
+
+    fn parse(text: &str, overrides: &[&str]) -> Result<Pipeline, SpecError> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Pipeline::parse(text, Path::new("/p/pipe.toml"), &o)
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let p = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(p.kinds, MatrixKind::MLP.to_vec());
+        assert_eq!(p.spec.search.top_k, 5);
+        assert_eq!(p.spec.output.dir, PathBuf::from("/p/out/x"));
+        assert_eq!(
+            p.spec.data.calibration,
+            SampleSpec::new(SampleSize::N(100), 0)
+        );
+        assert_eq!(p.keep.len(), 6);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_field() {
+        let text = format!("{MINIMAL}\n[search]\ntop_kk = 3\n");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("/p/pipe.toml:12:"), "{e}");
+        assert!(e.contains("top_kk"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let text = format!("{MINIMAL}\n[search]\ntop_k = \"three\"\n");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("/p/pipe.toml:12:"), "{e}");
+        assert!(e.contains("integer") || e.contains("usize"), "{e}");
+        assert!(e.contains("field `search.top_k`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_use_toml_values_and_bare_words() {
+        let p = parse(
+            MINIMAL,
+            &[
+                "search.top_k=3",
+                "search.keep=[0.5, 0.25]",
+                "search.matrices=attn",
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.spec.search.top_k, 3);
+        assert_eq!(p.keep, vec![0.5, 0.25]);
+        assert_eq!(p.kinds, MatrixKind::ATTN.to_vec());
+        let e = parse(MINIMAL, &["search.top_k=\"x\""])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--set"), "{e}");
+        assert!(parse(MINIMAL, &["search.top_k"]).is_err());
+    }
+
+    #[test]
+    fn laser_rate_maps_to_keep() {
+        let p = parse(MINIMAL, &["search.rate=[1, 9.9]"]).unwrap();
+        assert!((p.keep[0] - 0.9).abs() < 1e-12 && (p.keep[1] - 0.01).abs() < 1e-9);
+        assert!(parse(MINIMAL, &["search.rate=[1]", "search.keep=[0.5]"]).is_err());
+        assert!(parse(MINIMAL, &["search.rate=[10]"]).is_err());
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        for (o, field) in [
+            ("search.keep=[0.0]", "search.keep"),
+            ("search.blocks=[0]", "search.blocks"),
+            ("search.matrices=foo", "search.matrices"),
+            ("search.score=bogus", "search.score"),
+            ("search.layers=middle", "search.layers"),
+        ] {
+            let e = parse(MINIMAL, &[o]).unwrap_err().to_string();
+            assert!(e.contains(field), "{o}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_shipped_pipeline_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let p = Pipeline::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!p.keep.is_empty());
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "only {n} pipelines in {}", dir.display());
+    }
+
+    #[test]
+    fn layer_selections() {
+        let p = parse(MINIMAL, &["search.layers=last_third"]).unwrap();
+        assert_eq!(p.layers(30), (20..30).collect::<Vec<_>>());
+        let p = parse(MINIMAL, &["search.layers=[29, 3, 3, 40]"]).unwrap();
+        assert_eq!(p.layers(30), vec![3, 29]);
+    }
+}

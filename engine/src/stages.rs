@@ -1,0 +1,379 @@
+//! Stage bodies: each computes its key, then looks it up or computes through
+//! [`Ctx::get_or_compute`]. They call the pure functions of `c2i-stages` and know
+//! the cache only through the context.
+
+use crate::ctx::Ctx;
+use crate::db::{self, Candidate, EngineDb, EvalReq, MatrixReq, Rows, Setup};
+use crate::{keys, EngineError};
+use c2i_cache::{ActionEntry, Blob, Digest, Key, KeyBuilder};
+use c2i_stages::compress::dense_candidate;
+use c2i_stages::data::Example;
+use c2i_stages::eval::evaluator::{
+    evaluate as run_eval, first_changed_layer, EvalOptions, EvalSet,
+};
+use c2i_stages::eval::prefix::Prefix;
+use c2i_stages::factor::{factor_matrix, from_safetensors, RowMajor};
+use c2i_stages::grad::{gradient_pass, GradOptions, LossSample};
+use c2i_stages::model::tokenizer::encode;
+use c2i_stages::model::weights::save_safetensors_bytes;
+use c2i_stages::model::{Llama, LoadedModel, MatrixId};
+use c2i_stages::score::{sv_grads as compute_sv_grads, Components};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn model(db: &dyn EngineDb, setup: Setup) -> Result<Arc<LoadedModel>, EngineError> {
+    db.ctx().model(
+        setup.model_path(db),
+        &Digest::from_bytes(setup.model_digest(db)),
+    )
+}
+
+fn examples(db: &dyn EngineDb, setup: Setup) -> Result<Arc<Vec<Example>>, EngineError> {
+    db.ctx().examples(
+        setup.task(db),
+        setup.data_path(db),
+        &Digest::from_bytes(setup.data_digest(db)),
+    )
+}
+
+/// The gradients' key (also used by `status`).
+pub fn gradients_parts(
+    db: &dyn EngineDb,
+    setup: Setup,
+) -> Result<c2i_cache::KeyParts, EngineError> {
+    keys::gradients(
+        &Digest::from_bytes(setup.model_digest(db)),
+        &Digest::from_bytes(setup.data_digest(db)),
+        setup.task(db),
+        setup.calibration(db),
+        setup.micro_batch(db),
+    )
+}
+
+pub fn gradients(db: &dyn EngineDb, setup: Setup) -> Result<Arc<ActionEntry>, EngineError> {
+    let ctx = db.ctx();
+    let parts = gradients_parts(db, setup)?;
+    let entry = ctx.get_or_compute(&parts, "all matrices", || {
+        let loaded = model(db, setup)?;
+        let ex = examples(db, setup)?;
+        let mut samples = Vec::new();
+        for &r in setup.calibration(db) {
+            let e = ex.get(r).ok_or(EngineError::Row(r))?;
+            samples.push(LossSample {
+                prompt: encode(&loaded.tokenizer, &e.prompt)?,
+                answer: encode(&loaded.tokenizer, &e.answer.gold_continuation())?,
+            });
+        }
+        let started = Instant::now();
+        ctx.progress.start("gradients", samples.len() as u64);
+        let g = gradient_pass(
+            &loaded.weights,
+            &samples,
+            &[],
+            &GradOptions {
+                micro_batch: setup.micro_batch(db),
+            },
+            &mut |done, _| ctx.progress.advance(done as u64),
+        )?;
+        ctx.progress.finish();
+        let seconds = started.elapsed().as_secs_f64();
+        let meta = BTreeMap::from([("loss".to_string(), g.loss.to_string())]);
+        let bytes = save_safetensors_bytes(&g.named(), &meta)?;
+        Ok((
+            BTreeMap::from([("grads".to_string(), bytes)]),
+            serde_json::json!({
+                "loss": g.loss,
+                "samples": g.samples,
+                "answer_tokens": g.answer_tokens,
+                "seconds": seconds,
+            }),
+        ))
+    })?;
+    Ok(Arc::new(entry))
+}
+
+/// BLAKE3 of a matrix's shape and f32 bytes, itself cached (keyed by the model file
+/// and the matrix name) so a warm run never loads the model to learn it.
+pub fn matrix_digest(
+    db: &dyn EngineDb,
+    setup: Setup,
+    matrix: MatrixId,
+) -> Result<[u8; 32], EngineError> {
+    let parts = KeyBuilder::new("matrix-digest", "1")
+        .param("matrix", matrix.hf_name())
+        .input(
+            "model",
+            Key::from(Digest::from_bytes(setup.model_digest(db))),
+        )
+        .build()?;
+    let entry = db.ctx().get_or_compute(&parts, &matrix.hf_name(), || {
+        let loaded = model(db, setup)?;
+        let w = loaded.weights.matrix(matrix)?;
+        let (r, c) = w.dims2()?;
+        let v: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let mut h = blake3::Hasher::new();
+        h.update(&(r as u64).to_le_bytes());
+        h.update(&(c as u64).to_le_bytes());
+        h.update(bytemuck::cast_slice(&v));
+        Ok((
+            BTreeMap::new(),
+            serde_json::json!({ "digest": h.finalize().to_hex().to_string() }),
+        ))
+    })?;
+    let hex = entry.metadata["digest"]
+        .as_str()
+        .ok_or_else(|| EngineError::Corrupt("matrix-digest entry without a digest".into()))?;
+    Ok(*Digest::from_hex(hex)?.as_bytes())
+}
+
+fn factors_parts(
+    db: &dyn EngineDb,
+    req: MatrixReq<'_>,
+) -> Result<c2i_cache::KeyParts, EngineError> {
+    // The digest does not depend on K: ask for it once per matrix.
+    let one = MatrixReq::new(db, req.setup(db), req.matrix(db), 0);
+    let digest = db::matrix_digest(db, one).map_err(EngineError::Stage)?;
+    keys::factors(&Digest::from_bytes(digest), req.blocks(db))
+}
+
+pub fn factors(db: &dyn EngineDb, req: MatrixReq<'_>) -> Result<Arc<ActionEntry>, EngineError> {
+    let setup = req.setup(db);
+    let (matrix, k) = (req.matrix(db), req.blocks(db));
+    let parts = factors_parts(db, req)?;
+    let entry = db
+        .ctx()
+        .get_or_compute(&parts, &format!("{} K={k}", matrix.hf_name()), || {
+            let loaded = model(db, setup)?;
+            let w = loaded.weights.matrix(matrix)?;
+            let (r, c) = w.dims2()?;
+            let v: Vec<f32> = w.flatten_all()?.to_vec1()?;
+            let started = Instant::now();
+            let f = factor_matrix(RowMajor::new(&v, r, c)?, k)?;
+            let seconds = started.elapsed().as_secs_f64();
+            Ok((
+                BTreeMap::from([("factors".to_string(), f.to_safetensors()?)]),
+                serde_json::json!({ "rows": r, "cols": c, "blocks": k, "seconds": seconds }),
+            ))
+        })?;
+    Ok(Arc::new(entry))
+}
+
+/// Singular values and their gradients of one block, as stored in sv-grads metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockSpectrum {
+    pub rows: usize,
+    pub cols: usize,
+    /// Singular values, descending.
+    pub s: Vec<f32>,
+    /// dLoss/dσ_i for every component.
+    pub g: Vec<f64>,
+}
+
+fn blob(ctx: &Ctx, entry: &ActionEntry, name: &str) -> Result<Blob, EngineError> {
+    let r = entry.outputs.get(name).ok_or_else(|| {
+        EngineError::Corrupt(format!("entry {} has no output `{name}`", entry.key))
+    })?;
+    Ok(ctx.store.get(r, false)?)
+}
+
+/// One f32 tensor out of a safetensors blob, copied (the blob may be unaligned).
+fn tensor_from_blob(bytes: &[u8], name: &str) -> Result<(Vec<f32>, Vec<usize>), EngineError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| EngineError::Corrupt(format!("gradients blob: {e}")))?;
+    let t = st
+        .tensor(name)
+        .map_err(|e| EngineError::Corrupt(format!("gradients blob, tensor {name}: {e}")))?;
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((v, t.shape().to_vec()))
+}
+
+pub fn sv_grads(db: &dyn EngineDb, req: MatrixReq<'_>) -> Result<Arc<ActionEntry>, EngineError> {
+    let ctx = db.ctx();
+    let setup = req.setup(db);
+    let (matrix, k) = (req.matrix(db), req.blocks(db));
+    let grads = db::gradients(db, setup).map_err(EngineError::Stage)?;
+    let facts = db::factors(db, req).map_err(EngineError::Stage)?;
+    let parts = keys::sv_grads(matrix, &facts.0.key, &grads.0.key)?;
+    let entry = ctx.get_or_compute(&parts, &format!("{} K={k}", matrix.hf_name()), || {
+        let fblob = blob(ctx, &facts.0, "factors")?;
+        let view = from_safetensors(fblob.bytes())?;
+        let gblob = blob(ctx, &grads.0, "grads")?;
+        let (g, shape) = tensor_from_blob(gblob.bytes(), &matrix.hf_name())?;
+        let gm = RowMajor::new(&g, shape[0], shape.get(1).copied().unwrap_or(1))?;
+        let svg = compute_sv_grads(&view, gm, Components::All)?;
+        let blocks: Vec<BlockSpectrum> = view
+            .blocks()
+            .iter()
+            .zip(svg.blocks)
+            .map(|(b, bg)| BlockSpectrum {
+                rows: b.rows(),
+                cols: b.cols(),
+                s: b.s().to_vec(),
+                g: bg.grads,
+            })
+            .collect();
+        Ok((BTreeMap::new(), serde_json::json!({ "blocks": blocks })))
+    })?;
+    Ok(Arc::new(entry))
+}
+
+/// The spectra stored by [`sv_grads`].
+pub fn spectra(entry: &ActionEntry) -> Result<Vec<BlockSpectrum>, EngineError> {
+    serde_json::from_value(entry.metadata["blocks"].clone())
+        .map_err(|e| EngineError::Corrupt(format!("sv-grads entry {}: {e}", entry.key)))
+}
+
+fn rows_of(db: &dyn EngineDb, setup: Setup, rows: Rows) -> Vec<usize> {
+    match rows {
+        Rows::Selection => setup.evaluation(db).clone(),
+        Rows::Heldout => setup.heldout(db).clone(),
+    }
+}
+
+/// The evaluation's key (also used by `status`); needs the candidate's factors key.
+pub fn evaluate_parts(
+    db: &dyn EngineDb,
+    setup: Setup,
+    rows: Rows,
+    candidate: Option<(Candidate, &Key)>,
+) -> Result<c2i_cache::KeyParts, EngineError> {
+    keys::evaluate(
+        &Digest::from_bytes(setup.model_digest(db)),
+        &Digest::from_bytes(setup.data_digest(db)),
+        setup.task(db),
+        &rows_of(db, setup, rows),
+        candidate.map(|(c, k)| (c.matrix, c.blocks, c.keep(), k)),
+    )
+}
+
+fn eval_options(db: &dyn EngineDb, setup: Setup) -> EvalOptions {
+    EvalOptions {
+        micro_batch: setup.eval_batch(db),
+        collapse_threshold: f64::from_bits(setup.collapse_bits(db)),
+        ..EvalOptions::default()
+    }
+}
+
+pub fn evaluate(db: &dyn EngineDb, req: EvalReq<'_>) -> Result<Arc<ActionEntry>, EngineError> {
+    let ctx = db.ctx();
+    let setup = req.setup(db);
+    let rows = req.rows(db);
+    let cand = req.candidate(db);
+    let facts = match cand {
+        Some(c) => Some(
+            db::factors(db, MatrixReq::new(db, setup, c.matrix, c.blocks))
+                .map_err(EngineError::Stage)?,
+        ),
+        None => None,
+    };
+    let parts = evaluate_parts(db, setup, rows, cand.zip(facts.as_ref().map(|f| &f.0.key)))?;
+    let instance = match cand {
+        None => format!("base model, {rows:?}"),
+        Some(c) => format!(
+            "{} K={} keep={}, {rows:?}",
+            c.matrix.hf_name(),
+            c.blocks,
+            c.keep()
+        ),
+    };
+    let entry = ctx.get_or_compute(&parts, &instance, || {
+        let loaded = model(db, setup)?;
+        let ex = examples(db, setup)?;
+        let row_list = rows_of(db, setup, rows);
+        let set_key = format!(
+            "evalset:{:?}:{}",
+            rows,
+            blake3::hash(format!("{row_list:?}").as_bytes())
+        );
+        let eos = loaded.tokenizer.token_to_id("<|im_end|>");
+        let set = ctx.memo(&set_key, || {
+            Ok(EvalSet::from_rows(
+                setup.task(db),
+                &ex,
+                &row_list,
+                &loaded.tokenizer,
+                eos,
+            )?)
+        })?;
+        let opts = eval_options(db, setup);
+        let started = Instant::now();
+        let mut replace = BTreeMap::new();
+        if let (Some(c), Some(f)) = (cand, &facts) {
+            let fblob = blob(ctx, &f.0, "factors")?;
+            let view = from_safetensors(fblob.bytes())?;
+            let dense = dense_candidate(&view, c.keep())?;
+            replace.insert(
+                c.matrix,
+                Tensor::from_vec(dense, (view.rows(), view.cols()), &Device::Cpu)?,
+            );
+        }
+        let base = ctx.memo(&format!("llama:{}", hex(&setup.model_digest(db))), || {
+            Ok(Llama::new(&loaded.weights)?)
+        })?;
+        let from = first_changed_layer(&replace);
+        let candidate_model = if replace.is_empty() {
+            (*base).clone()
+        } else {
+            Llama::with_matrices(&loaded.weights, &replace)?
+        };
+        ctx.progress.start("evaluate", set.len() as u64);
+        // Prefix reuse pays when several candidates share the rows (the selection
+        // sample); the held-out rows see one candidate, so they run from layer 0.
+        let result = if from > 0 && rows == Rows::Selection {
+            let layers = ctx.prefix_layers();
+            let prefix_key = format!("prefix:{set_key}:{layers:?}");
+            let prefix = ctx.memo(&prefix_key, || {
+                Ok(Prefix::compute(
+                    &base,
+                    &set,
+                    &layers,
+                    &opts,
+                    &mut |_, _| {},
+                )?)
+            })?;
+            if prefix.supports(from) {
+                run_eval(
+                    &candidate_model,
+                    &set,
+                    Some(&prefix),
+                    from,
+                    &opts,
+                    &mut |d, _| ctx.progress.advance(d as u64),
+                )?
+            } else {
+                run_eval(&candidate_model, &set, None, 0, &opts, &mut |d, _| {
+                    ctx.progress.advance(d as u64)
+                })?
+            }
+        } else {
+            run_eval(&candidate_model, &set, None, 0, &opts, &mut |d, _| {
+                ctx.progress.advance(d as u64)
+            })?
+        };
+        ctx.progress.finish();
+        let seconds = started.elapsed().as_secs_f64();
+        let records = serde_json::to_vec(&result.records)?;
+        Ok((
+            BTreeMap::from([("records".to_string(), records)]),
+            serde_json::json!({
+                "samples": result.samples,
+                "metrics": result.metrics,
+                "log_loss": result.log_loss,
+                "selection": result.selection,
+                "seconds": seconds,
+            }),
+        ))
+    })?;
+    Ok(Arc::new(entry))
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    Digest::from_bytes(*bytes).to_hex()
+}

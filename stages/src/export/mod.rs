@@ -1,0 +1,11 @@
+//! Human-readable outputs of a run, made from its `report.json` (the engine's
+//! serialized `RunResult`, read here as a [`serde_json::Value`] so that this crate does
+//! not depend on the engine and older or partial reports still render).
+//!
+//! - [`report`]: the Markdown report (baseline, best candidate, candidates with their
+//!   prediction histograms, collapse warnings, export sizes, stage timings).
+//! - [`plots`]: hand-written SVG charts (scores by layer, selection accuracy against
+//!   the kept share of singular values), byte-identical for the same input.
+
+pub mod plots;
+pub mod report;

@@ -1,0 +1,1182 @@
+//! The Markdown report of a run, made from its `report.json` ([`markdown`]).
+//!
+//! The input is read loosely: missing optional fields print as `—`, the task metrics
+//! may be tagged internally (`{"kind": "classification", ...}`, what the evaluator
+//! writes), externally (`{"Classification": {...}}`) or not at all, and generation
+//! tasks (no classes, hence no balanced accuracy or histogram) render too.
+//!
+//! Every table cell goes through one escaper (`|` → `\|`, line breaks → spaces), so
+//! a matrix name or a path cannot break a table.
+
+use serde_json::Value;
+use std::fmt::Write as _;
+
+/// Share of predictions above which a candidate counts as collapsed when the report
+/// carries the share but not the flag (the evaluator's default threshold).
+const DEFAULT_COLLAPSE_THRESHOLD: f64 = 0.95;
+
+/// What is shown in place of a missing figure.
+const MISSING: &str = "—";
+
+/// Which family of metrics an evaluation carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum MetricsKind {
+    Classification,
+    Generation,
+    #[default]
+    Unknown,
+}
+
+/// One evaluation's figures (an engine `Figures` object), every field optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Figures {
+    pub kind: MetricsKind,
+    pub samples: Option<u64>,
+    pub accuracy: Option<f64>,
+    pub balanced_accuracy: Option<f64>,
+    pub macro_f1: Option<f64>,
+    pub majority_class_rate: Option<f64>,
+    pub log_loss: Option<f64>,
+    pub predicted_histogram: Option<Vec<u64>>,
+    pub gold_histogram: Option<Vec<u64>>,
+    pub max_predicted_share: Option<f64>,
+    pub collapsed: Option<bool>,
+    pub exact_match: Option<f64>,
+    pub token_f1: Option<f64>,
+    pub empty_rate: Option<f64>,
+    pub prompt_copy_rate: Option<f64>,
+}
+
+/// `v[key]` as a number, if `v` is an object holding one there.
+pub(crate) fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+/// `v[key]` as a string.
+pub(crate) fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// `v[key]` as a non-negative integer (a float that is a whole number counts).
+pub(crate) fn count(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(as_count)
+}
+
+fn as_count(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|x| x.is_finite() && *x >= 0.0 && x.fract() == 0.0)
+            .map(|x| x as u64)
+    })
+}
+
+fn histogram(v: &Value, key: &str) -> Option<Vec<u64>> {
+    v.get(key)?.as_array()?.iter().map(as_count).collect()
+}
+
+/// The metrics object's kind and the object holding its fields.
+fn metrics_body(m: &Value) -> (MetricsKind, &Value) {
+    let Some(obj) = m.as_object() else {
+        return (MetricsKind::Unknown, &Value::Null);
+    };
+    for (key, kind) in [
+        ("Classification", MetricsKind::Classification),
+        ("classification", MetricsKind::Classification),
+        ("Generation", MetricsKind::Generation),
+        ("generation", MetricsKind::Generation),
+    ] {
+        if let Some(inner) = obj.get(key).filter(|v| v.is_object()) {
+            return (kind, inner);
+        }
+    }
+    let tag = obj
+        .get("kind")
+        .or_else(|| obj.get("type"))
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    let kind = match tag.as_deref() {
+        Some("classification") => MetricsKind::Classification,
+        Some("generation") => MetricsKind::Generation,
+        _ if obj.contains_key("predicted_histogram") || obj.contains_key("balanced_accuracy") => {
+            MetricsKind::Classification
+        }
+        _ if obj.contains_key("exact_match") || obj.contains_key("token_f1") => {
+            MetricsKind::Generation
+        }
+        _ => MetricsKind::Unknown,
+    };
+    (kind, m)
+}
+
+impl Figures {
+    /// Reads an engine `Figures` object (`samples`, `accuracy`, `log_loss`, `metrics`,
+    /// `selection`); anything absent stays `None`.
+    pub(crate) fn from_value(fig: &Value) -> Figures {
+        let (mut kind, body) = metrics_body(fig.get("metrics").unwrap_or(&Value::Null));
+        let sel = fig.get("selection").unwrap_or(&Value::Null);
+        let balanced_accuracy =
+            num(body, "balanced_accuracy").or_else(|| num(sel, "balanced_accuracy"));
+        if kind == MetricsKind::Unknown && balanced_accuracy.is_some() {
+            kind = MetricsKind::Classification;
+        }
+        let max_predicted_share = num(body, "max_predicted_share");
+        let collapsed = body.get("collapsed").and_then(Value::as_bool).or_else(|| {
+            let threshold = num(body, "collapse_threshold").unwrap_or(DEFAULT_COLLAPSE_THRESHOLD);
+            max_predicted_share.map(|s| s > threshold)
+        });
+        Figures {
+            kind,
+            samples: count(fig, "samples").or_else(|| count(body, "n")),
+            accuracy: num(fig, "accuracy")
+                .or_else(|| num(body, "accuracy"))
+                .or_else(|| num(sel, "accuracy")),
+            balanced_accuracy,
+            macro_f1: num(body, "macro_f1"),
+            majority_class_rate: num(body, "majority_class_rate"),
+            log_loss: num(fig, "log_loss").or_else(|| num(sel, "log_loss")),
+            predicted_histogram: histogram(body, "predicted_histogram"),
+            gold_histogram: histogram(body, "gold_histogram"),
+            max_predicted_share,
+            collapsed,
+            exact_match: num(body, "exact_match"),
+            token_f1: num(body, "token_f1"),
+            empty_rate: num(body, "empty_rate").or_else(|| num(body, "empty_share")),
+            prompt_copy_rate: num(body, "prompt_copy_rate")
+                .or_else(|| num(body, "prompt_copy_share")),
+        }
+    }
+
+    fn is_collapsed(&self) -> bool {
+        self.collapsed == Some(true)
+    }
+}
+
+/// The baseline's (selection, held-out) figures, if the report has a baseline.
+pub(crate) fn baseline(report: &Value) -> Option<(Option<Figures>, Option<Figures>)> {
+    let b = report.get("baseline").filter(|b| b.is_object())?;
+    let pick = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| b.get(*k).filter(|v| v.is_object()))
+            .map(Figures::from_value)
+    };
+    Some((
+        pick(&["selection", "validation"]),
+        pick(&["heldout", "held_out", "test"]),
+    ))
+}
+
+/// The majority-class rate on the selection samples: from the baseline, else from the
+/// first candidate that reports one (it depends on the gold labels only).
+pub(crate) fn majority_rate(report: &Value) -> Option<f64> {
+    baseline(report)
+        .and_then(|(sel, _)| sel?.majority_class_rate)
+        .or_else(|| {
+            report
+                .get("candidates")?
+                .as_array()?
+                .iter()
+                .find_map(|c| Figures::from_value(c.get("selection")?).majority_class_rate)
+        })
+}
+
+/// `model.layers.27.mlp.down_proj.weight` → `layers.27.mlp.down_proj`.
+pub(crate) fn short_matrix_name(name: &str) -> &str {
+    let s = name.strip_prefix("model.").unwrap_or(name);
+    s.strip_suffix(".weight").unwrap_or(s)
+}
+
+/// `model.layers.27.mlp.down_proj.weight` → 27.
+pub(crate) fn layer_of(name: &str) -> Option<u64> {
+    let rest = &name[name.find("layers.")? + "layers.".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// `model.layers.27.mlp.down_proj.weight` → `down`; `...self_attn.q_proj...` → `q`.
+pub(crate) fn kind_of(name: &str) -> Option<String> {
+    let s = name.strip_suffix(".weight").unwrap_or(name);
+    let last = s.rsplit('.').next()?;
+    let kind = last.strip_suffix("_proj").unwrap_or(last);
+    (!kind.is_empty() && !kind.chars().all(|c| c.is_ascii_digit())).then(|| kind.to_string())
+}
+
+/// A keep / rho value as the shortest decimal that reads back the same (`0.1`, `0.25`).
+pub(crate) fn fmt_keep(v: f64) -> String {
+    format!("{v}")
+}
+
+/// Escapes a Markdown table cell: `|` would end the cell, a line break the row.
+pub(crate) fn escape_cell(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '|' => out.push_str("\\|"),
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Inline code, or plain text when the content itself has a backtick.
+fn code(s: &str) -> String {
+    if s.contains('`') {
+        s.to_string()
+    } else {
+        format!("`{s}`")
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{:.2}%", x * 100.0),
+        _ => MISSING.to_string(),
+    }
+}
+
+fn fixed(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.decimals$}"),
+        _ => MISSING.to_string(),
+    }
+}
+
+/// A score: fixed point in the usual range, scientific otherwise.
+fn fmt_score(v: Option<f64>) -> String {
+    match v {
+        Some(0.0) => "0".to_string(),
+        Some(x) if x.is_finite() && (1e-3..1e5).contains(&x.abs()) => format!("{x:.4}"),
+        Some(x) if x.is_finite() => format!("{x:.3e}"),
+        _ => MISSING.to_string(),
+    }
+}
+
+fn fmt_hist(h: Option<&Vec<u64>>) -> String {
+    match h {
+        Some(h) => {
+            let parts: Vec<String> = h.iter().map(u64::to_string).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        None => MISSING.to_string(),
+    }
+}
+
+fn fmt_opt_u64(v: Option<u64>) -> String {
+    v.map_or_else(|| MISSING.to_string(), |x| x.to_string())
+}
+
+/// `+3.00 points` (a difference of two fractions, in percentage points).
+fn fmt_points(delta: f64) -> String {
+    let p = delta * 100.0;
+    let s = format!("{p:+.2}");
+    if s == "-0.00" {
+        "+0.00 points".to_string()
+    } else {
+        format!("{s} points")
+    }
+}
+
+/// `538000000` → `538,000,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let groups: Vec<&str> = digits
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|g| std::str::from_utf8(g).unwrap_or(""))
+        .collect();
+    groups.join(",")
+}
+
+/// `538000000` → `513.1 MiB (538,000,000 bytes)`.
+fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {} ({} bytes)", UNITS[unit], thousands(n))
+}
+
+fn fmt_seconds(s: f64) -> String {
+    if s.is_finite() {
+        format!("{s:.1}")
+    } else {
+        MISSING.to_string()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A Markdown table; every cell is escaped when rendered.
+struct Table {
+    header: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[(&'static str, Align)]) -> Table {
+        Table {
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, out: &mut String) {
+        let n = self.header.len();
+        out.push('|');
+        for (h, _) in &self.header {
+            let _ = write!(out, " {} |", escape_cell(h));
+        }
+        out.push_str("\n|");
+        for (_, a) in &self.header {
+            out.push_str(match a {
+                Align::Left => " --- |",
+                Align::Right => " ---: |",
+            });
+        }
+        out.push('\n');
+        for r in &self.rows {
+            out.push('|');
+            for i in 0..n {
+                let cell = r.get(i).map(String::as_str).unwrap_or("");
+                let cell = if cell.trim().is_empty() {
+                    MISSING.to_string()
+                } else {
+                    escape_cell(cell)
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+}
+
+const FIGURE_COLUMNS: [(&str, Align); 9] = [
+    ("Set", Align::Left),
+    ("Samples", Align::Right),
+    ("Accuracy", Align::Right),
+    ("Balanced accuracy", Align::Right),
+    ("Macro-F1", Align::Right),
+    ("Majority-class rate", Align::Right),
+    ("Log-loss", Align::Right),
+    ("Predictions", Align::Left),
+    ("Collapsed", Align::Left),
+];
+
+fn collapsed_cell(f: &Figures) -> String {
+    match f.collapsed {
+        Some(true) => "**COLLAPSED**".to_string(),
+        Some(false) => "no".to_string(),
+        None => MISSING.to_string(),
+    }
+}
+
+fn figure_row(label: &str, f: &Figures) -> Vec<String> {
+    vec![
+        label.to_string(),
+        fmt_opt_u64(f.samples),
+        pct(f.accuracy),
+        pct(f.balanced_accuracy),
+        pct(f.macro_f1),
+        pct(f.majority_class_rate),
+        fixed(f.log_loss, 4),
+        fmt_hist(f.predicted_histogram.as_ref()),
+        collapsed_cell(f),
+    ]
+}
+
+/// A table of evaluations (one row each) plus, when any is a generation task, a
+/// second table of the generation figures.
+fn figures_tables(out: &mut String, rows: &[(String, &Figures)]) {
+    let mut t = Table::new(&FIGURE_COLUMNS);
+    for (label, f) in rows {
+        t.row(figure_row(label, f));
+    }
+    t.render(out);
+    if rows.iter().any(|(_, f)| f.kind == MetricsKind::Generation) {
+        let mut g = Table::new(&[
+            ("Set", Align::Left),
+            ("Exact match", Align::Right),
+            ("Token F1", Align::Right),
+            ("Empty answers", Align::Right),
+            ("Copies prompt", Align::Right),
+        ]);
+        for (label, f) in rows {
+            g.row(vec![
+                label.clone(),
+                pct(f.exact_match),
+                pct(f.token_f1),
+                pct(f.empty_rate),
+                pct(f.prompt_copy_rate),
+            ]);
+        }
+        g.render(out);
+    }
+}
+
+/// Candidate fields as the report holds them.
+struct CandidateRow {
+    matrix: String,
+    blocks: Option<u64>,
+    keep: Option<f64>,
+    score: Option<f64>,
+    selection: Figures,
+}
+
+fn candidates(report: &Value) -> Vec<CandidateRow> {
+    let Some(list) = report.get("candidates").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|c| CandidateRow {
+            matrix: text(c, "matrix").unwrap_or("?").to_string(),
+            blocks: count(c, "blocks"),
+            keep: num(c, "keep"),
+            score: num(c, "score"),
+            selection: c
+                .get("selection")
+                .map(Figures::from_value)
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn section_header(out: &mut String, report: &Value) {
+    let task = text(report, "task").unwrap_or("unknown task");
+    let model = text(report, "model").unwrap_or("unknown model");
+    let _ = writeln!(out, "# c2i report: {task} on {model}\n");
+    let mode = text(report, "mode").unwrap_or(MISSING);
+    let mode_note = match mode {
+        "gradient" => " (Compress to Impress: one gradient pass scores every matrix; the top ones are evaluated)",
+        "laser" => " (LASER's exhaustive search over the grid)",
+        _ => "",
+    };
+    let _ = writeln!(out, "- Search mode: **{mode}**{mode_note}");
+    let metric = text(report, "selection_metric").unwrap_or(MISSING);
+    let _ = writeln!(out, "- Selection metric: **{metric}**");
+    if let Some(scores) = report.get("scores").and_then(Value::as_array) {
+        if !scores.is_empty() {
+            let mut blocks: Vec<u64> = scores.iter().filter_map(|s| count(s, "blocks")).collect();
+            blocks.sort_unstable();
+            blocks.dedup();
+            let mut keeps: Vec<f64> = scores.iter().filter_map(|s| num(s, "keep")).collect();
+            keeps.sort_by(f64::total_cmp);
+            keeps.dedup();
+            let mut matrices: Vec<&str> = scores.iter().filter_map(|s| text(s, "matrix")).collect();
+            matrices.sort_unstable();
+            matrices.dedup();
+            let blocks: Vec<String> = blocks.iter().map(u64::to_string).collect();
+            let keeps: Vec<String> = keeps.iter().map(|k| fmt_keep(*k)).collect();
+            let _ = writeln!(
+                out,
+                "- Scored: {} entries ({} matrices × K ∈ {{{}}} × keep ∈ {{{}}})",
+                scores.len(),
+                matrices.len(),
+                blocks.join(", "),
+                keeps.join(", ")
+            );
+        }
+    }
+    let n = report
+        .get("candidates")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let _ = writeln!(out, "- Candidates evaluated: {n}");
+    if let Some(s) = num(report, "seconds") {
+        let _ = writeln!(out, "- Run time: {} s", fmt_seconds(s));
+    }
+    out.push('\n');
+}
+
+fn section_baseline(out: &mut String, report: &Value) {
+    out.push_str("## Baseline (unmodified model)\n\n");
+    match baseline(report) {
+        Some((sel, held)) if sel.is_some() || held.is_some() => {
+            let mut rows = Vec::new();
+            if let Some(f) = &sel {
+                rows.push(("selection".to_string(), f));
+            }
+            if let Some(f) = &held {
+                rows.push(("held-out".to_string(), f));
+            }
+            figures_tables(out, &rows);
+            if let Some(gold) = sel.as_ref().and_then(|f| f.gold_histogram.as_ref()) {
+                let _ = writeln!(
+                    out,
+                    "Gold labels on the selection samples: {}.\n",
+                    fmt_hist(Some(gold))
+                );
+            }
+        }
+        _ => out.push_str("No baseline was evaluated (the run stopped before evaluation).\n\n"),
+    }
+}
+
+/// Why the best candidate should not be trusted, if it should not.
+fn best_warnings(sel: &Figures, held: &Figures, base_held: Option<&Figures>) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for (set, f) in [("selection", sel), ("held-out", held)] {
+        if f.is_collapsed() {
+            let share = f
+                .max_predicted_share
+                .map(|s| format!(" (one answer takes {} of the predictions)", pct(Some(s))))
+                .unwrap_or_default();
+            reasons.push(format!(
+                "it is flagged COLLAPSED on the {set} samples{share}"
+            ));
+        }
+    }
+    if let (Some(b), Some(base)) = (
+        held.balanced_accuracy,
+        base_held.and_then(|f| f.balanced_accuracy),
+    ) {
+        if b.partial_cmp(&base) != Some(std::cmp::Ordering::Greater) {
+            reasons.push(format!(
+                "its held-out balanced accuracy ({}) is not above the baseline's ({})",
+                pct(Some(b)),
+                pct(Some(base))
+            ));
+        }
+    }
+    reasons
+}
+
+fn gain_line(what: &str, best: Option<f64>, base: Option<f64>) -> Option<String> {
+    let (b, a) = (best?, base?);
+    (a.is_finite() && b.is_finite()).then(|| {
+        format!(
+            "{} of {what} ({} → {})",
+            fmt_points(b - a),
+            pct(Some(a)),
+            pct(Some(b))
+        )
+    })
+}
+
+fn section_best(out: &mut String, report: &Value) {
+    out.push_str("## Best candidate\n\n");
+    let Some(best) = report.get("best").filter(|b| b.is_object()) else {
+        out.push_str(
+            "No best candidate: the run stopped before selection, or no candidate was evaluated.\n\n",
+        );
+        return;
+    };
+    let matrix = text(best, "matrix").unwrap_or("?");
+    let mut about = Vec::new();
+    if let Some(l) = count(best, "layer").or_else(|| layer_of(matrix)) {
+        about.push(format!("layer {l}"));
+    }
+    if let Some(k) = text(best, "kind")
+        .map(str::to_string)
+        .or_else(|| kind_of(matrix))
+    {
+        about.push(format!("kind {k}"));
+    }
+    let about = if about.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", about.join(", "))
+    };
+    let _ = writeln!(out, "- Matrix: {}{about}", code(matrix));
+    let _ = writeln!(out, "- Blocks K: {}", fmt_opt_u64(count(best, "blocks")));
+    let _ = writeln!(
+        out,
+        "- Keep (share of singular values kept, rho): {}",
+        num(best, "keep").map_or_else(|| MISSING.to_string(), fmt_keep)
+    );
+    out.push('\n');
+
+    let sel = best
+        .get("selection")
+        .map(Figures::from_value)
+        .unwrap_or_default();
+    let held = best
+        .get("heldout")
+        .or_else(|| best.get("held_out"))
+        .map(Figures::from_value)
+        .unwrap_or_default();
+    let (base_sel, base_held) = baseline(report).unwrap_or((None, None));
+    let mut rows: Vec<(String, &Figures)> = Vec::new();
+    if let Some(f) = &base_sel {
+        rows.push(("selection, baseline".to_string(), f));
+    }
+    rows.push(("selection, best".to_string(), &sel));
+    if let Some(f) = &base_held {
+        rows.push(("held-out, baseline".to_string(), f));
+    }
+    rows.push(("held-out, best".to_string(), &held));
+    figures_tables(out, &rows);
+
+    let base_held_acc = base_held.as_ref().and_then(|f| f.accuracy);
+    match gain_line("accuracy", held.accuracy, base_held_acc) {
+        Some(acc) => {
+            let mut line = format!("**Held-out gain over the baseline:** {acc}");
+            if let Some(ba) = gain_line(
+                "balanced accuracy",
+                held.balanced_accuracy,
+                base_held.as_ref().and_then(|f| f.balanced_accuracy),
+            ) {
+                let _ = write!(line, "; {ba}");
+            }
+            let _ = writeln!(out, "{line}.\n");
+        }
+        None => out
+            .push_str("Held-out gain over the baseline: not available (no held-out baseline).\n\n"),
+    }
+    if let Some(acc) = gain_line(
+        "accuracy",
+        sel.accuracy,
+        base_sel.as_ref().and_then(|f| f.accuracy),
+    ) {
+        let _ = writeln!(out, "Selection gain over the baseline: {acc}.\n");
+    }
+    let reasons = best_warnings(&sel, &held, base_held.as_ref());
+    if !reasons.is_empty() {
+        let _ = writeln!(
+            out,
+            "> **Warning:** do not trust this candidate's gain: {}. Its accuracy may come from answering the majority class rather than from a better model.\n",
+            reasons.join("; ")
+        );
+    }
+}
+
+fn is_best(c: &CandidateRow, best: Option<&Value>) -> bool {
+    let Some(b) = best else { return false };
+    text(b, "matrix") == Some(c.matrix.as_str())
+        && count(b, "blocks") == c.blocks
+        && num(b, "keep") == c.keep
+}
+
+fn section_candidates(out: &mut String, report: &Value) {
+    out.push_str("## Candidates\n\n");
+    let rows = candidates(report);
+    if rows.is_empty() {
+        out.push_str("No candidates were evaluated.\n\n");
+        return;
+    }
+    out.push_str(
+        "Evaluated on the selection samples, in the order the search gave them. \
+         *Predictions* is the histogram of predicted classes (class 0, class 1, …); \
+         COLLAPSED marks a candidate whose most frequent answer takes more than the \
+         collapse threshold of the predictions.\n\n",
+    );
+    let mut t = Table::new(&[
+        ("#", Align::Right),
+        ("Matrix", Align::Left),
+        ("K", Align::Right),
+        ("Keep", Align::Right),
+        ("Score", Align::Right),
+        ("Accuracy", Align::Right),
+        ("Balanced accuracy", Align::Right),
+        ("Log-loss", Align::Right),
+        ("Predictions", Align::Left),
+        ("Collapsed", Align::Left),
+    ]);
+    let best = report.get("best").filter(|b| b.is_object());
+    for (i, c) in rows.iter().enumerate() {
+        let index = if is_best(c, best) {
+            format!("{} (best)", i + 1)
+        } else {
+            (i + 1).to_string()
+        };
+        t.row(vec![
+            index,
+            code(&c.matrix),
+            fmt_opt_u64(c.blocks),
+            c.keep.map_or_else(|| MISSING.to_string(), fmt_keep),
+            fmt_score(c.score),
+            pct(c.selection.accuracy),
+            pct(c.selection.balanced_accuracy),
+            fixed(c.selection.log_loss, 4),
+            fmt_hist(c.selection.predicted_histogram.as_ref()),
+            collapsed_cell(&c.selection),
+        ]);
+    }
+    t.render(out);
+    let n_collapsed = rows.iter().filter(|c| c.selection.is_collapsed()).count();
+    if n_collapsed > 0 {
+        let _ = writeln!(
+            out,
+            "{n_collapsed} of {} candidates are COLLAPSED.\n",
+            rows.len()
+        );
+    }
+}
+
+fn section_selection_note(out: &mut String, report: &Value) {
+    out.push_str("## Selection metric\n\n");
+    let metric = text(report, "selection_metric").unwrap_or("accuracy");
+    let _ = writeln!(
+        out,
+        "The best candidate is the one with the highest **{metric}** on the selection \
+         samples (ties go to the lower log-loss, then to the earlier candidate).\n"
+    );
+    let base = baseline(report);
+    let held_rate = base
+        .as_ref()
+        .and_then(|(_, h)| h.as_ref()?.majority_class_rate);
+    match majority_rate(report) {
+        Some(rate) => {
+            let held = held_rate
+                .map(|r| format!(" ({} on the held-out samples)", pct(Some(r))))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "Accuracy on an unbalanced task can rise just by collapse to the majority \
+                 answer: always giving the majority answer scores **{}** on the selection \
+                 samples{held}, whatever the model knows (the majority-class rate). A gain \
+                 in accuracy means little unless balanced accuracy (which scores any \
+                 constant answer at 1/k for k classes) and macro-F1 rise too and the \
+                 prediction histogram stays spread.\n",
+                pct(Some(rate))
+            );
+            if metric == "balanced_accuracy" {
+                out.push_str(
+                    "This run selects by balanced accuracy, which a collapsed candidate \
+                     cannot game.\n\n",
+                );
+            }
+        }
+        None => out.push_str(
+            "Accuracy on an unbalanced task can rise by collapse to the majority answer; \
+             this report has no majority-class rate (a generation task, or no \
+             classification metrics), so compare with the baseline instead.\n\n",
+        ),
+    }
+}
+
+fn section_export(out: &mut String, report: &Value) {
+    let Some(export) = report.get("export").filter(|e| e.is_object()) else {
+        return;
+    };
+    out.push_str("## Export\n\n");
+    let mut t = Table::new(&[
+        ("Artifact", Align::Left),
+        ("Path", Align::Left),
+        ("Size", Align::Right),
+        ("Parameters", Align::Left),
+    ]);
+    if let Some(d) = export.get("dense").filter(|d| d.is_object()) {
+        t.row(vec![
+            "dense model".to_string(),
+            code(text(d, "path").unwrap_or(MISSING)),
+            count(d, "bytes").map_or_else(|| MISSING.to_string(), fmt_bytes),
+            MISSING.to_string(),
+        ]);
+    }
+    if let Some(f) = export.get("factored").filter(|f| f.is_object()) {
+        let params = match (count(f, "params"), count(f, "dense_params")) {
+            (Some(p), Some(d)) if d > 0 => format!(
+                "{} of {} dense ({:.2}%)",
+                thousands(p),
+                thousands(d),
+                p as f64 / d as f64 * 100.0
+            ),
+            (Some(p), _) => thousands(p),
+            _ => MISSING.to_string(),
+        };
+        t.row(vec![
+            "factored matrix".to_string(),
+            code(text(f, "path").unwrap_or(MISSING)),
+            count(f, "bytes").map_or_else(|| MISSING.to_string(), fmt_bytes),
+            params,
+        ]);
+    }
+    if t.rows.is_empty() {
+        out.push_str("Nothing was exported.\n\n");
+    } else {
+        t.render(out);
+    }
+}
+
+#[derive(Default)]
+struct StageTotals {
+    count: usize,
+    hit: usize,
+    computed: usize,
+    memo: usize,
+    seconds: f64,
+}
+
+fn section_stages(out: &mut String, report: &Value) {
+    out.push_str("## Stage timings\n\n");
+    let records = report
+        .get("stages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    // In order of first appearance, which is the order the DAG ran them.
+    let mut totals: Vec<(String, StageTotals)> = Vec::new();
+    for r in records {
+        let name = text(r, "stage").unwrap_or("?");
+        let i = match totals.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                totals.push((name.to_string(), StageTotals::default()));
+                totals.len() - 1
+            }
+        };
+        let t = &mut totals[i].1;
+        t.count += 1;
+        match text(r, "outcome").map(str::to_ascii_lowercase).as_deref() {
+            Some("hit") => t.hit += 1,
+            Some("computed") => t.computed += 1,
+            Some("memo") => t.memo += 1,
+            _ => {}
+        }
+        t.seconds += num(r, "seconds").filter(|s| s.is_finite()).unwrap_or(0.0);
+    }
+    if totals.is_empty() {
+        out.push_str("No stage records.\n\n");
+    } else {
+        let mut t = Table::new(&[
+            ("Stage", Align::Left),
+            ("Instances", Align::Right),
+            ("Hit", Align::Right),
+            ("Computed", Align::Right),
+            ("Memo", Align::Right),
+            ("Seconds", Align::Right),
+        ]);
+        let mut sum = StageTotals::default();
+        for (name, s) in &totals {
+            t.row(vec![
+                name.clone(),
+                s.count.to_string(),
+                s.hit.to_string(),
+                s.computed.to_string(),
+                s.memo.to_string(),
+                fmt_seconds(s.seconds),
+            ]);
+            sum.count += s.count;
+            sum.hit += s.hit;
+            sum.computed += s.computed;
+            sum.memo += s.memo;
+            sum.seconds += s.seconds;
+        }
+        t.row(vec![
+            "**total**".to_string(),
+            sum.count.to_string(),
+            sum.hit.to_string(),
+            sum.computed.to_string(),
+            sum.memo.to_string(),
+            fmt_seconds(sum.seconds),
+        ]);
+        t.render(out);
+    }
+    if let Some(s) = num(report, "seconds") {
+        let _ = writeln!(out, "Total run time: {} s.\n", fmt_seconds(s));
+    }
+}
+
+fn section_parameters(out: &mut String, report: &Value) {
+    let Some(resolved) = report.get("resolved").filter(|r| !r.is_null()) else {
+        return;
+    };
+    let Ok(json) = serde_json::to_string_pretty(resolved) else {
+        return;
+    };
+    let fence = if json.contains("```") { "~~~~" } else { "```" };
+    let _ = writeln!(
+        out,
+        "## Parameters\n\nThe pipeline as resolved for this run:\n\n{fence}json\n{json}\n{fence}"
+    );
+}
+
+/// The run's report as Markdown: title, baseline, best candidate (with a warning line
+/// when it is collapsed or its held-out balanced accuracy does not beat the
+/// baseline's), every candidate with its prediction histogram, a note on the selection
+/// metric and the majority-class rate, export sizes, stage timings and the resolved
+/// parameters. `report` is the engine's serialized `RunResult`.
+pub fn markdown(report: &Value) -> String {
+    let mut out = String::new();
+    section_header(&mut out, report);
+    section_baseline(&mut out, report);
+    section_best(&mut out, report);
+    section_candidates(&mut out, report);
+    section_selection_note(&mut out, report);
+    section_export(&mut out, report);
+    section_stages(&mut out, report);
+    section_parameters(&mut out, report);
+    while out.ends_with("\n\n") {
+        out.pop();
+    }
+    out
+}
+
+/// A hand-written report in the engine's format, shared by the tests of this module
+/// and of [`super::plots`].
+#[cfg(test)]
+pub(crate) mod fixture {
+    use serde_json::{json, Value};
+
+    fn classification(
+        correct: u64,
+        n: u64,
+        balanced: f64,
+        predicted: [u64; 2],
+        gold: [u64; 2],
+        log_loss: f64,
+    ) -> Value {
+        let accuracy = correct as f64 / n as f64;
+        let share = predicted[0].max(predicted[1]) as f64 / n as f64;
+        json!({
+            "samples": n,
+            "accuracy": accuracy,
+            "log_loss": log_loss,
+            "metrics": {
+                "kind": "classification",
+                "n": n, "n_classes": 2, "correct": correct,
+                "accuracy": accuracy, "balanced_accuracy": balanced, "macro_f1": balanced - 0.05,
+                "confusion": [[gold[0] / 2, gold[0] - gold[0] / 2], [gold[1] / 2, gold[1] - gold[1] / 2]],
+                "predicted_histogram": predicted, "gold_histogram": gold,
+                "majority_class_rate": gold[0].max(gold[1]) as f64 / n as f64,
+                "max_predicted_share": share, "collapse_threshold": 0.95,
+                "collapsed": share > 0.95
+            },
+            "selection": {"accuracy": accuracy, "balanced_accuracy": balanced, "log_loss": log_loss}
+        })
+    }
+
+    fn name(layer: u64, kind: &str) -> String {
+        let module = match kind {
+            "q" | "k" | "v" | "o" => format!("self_attn.{kind}_proj"),
+            _ => format!("mlp.{kind}_proj"),
+        };
+        format!("model.layers.{layer}.{module}.weight")
+    }
+
+    /// A gradient-mode run: scores for 3 layers × 7 kinds × K ∈ {1, 2} × keep ∈
+    /// {0.01, 0.1, 0.5}, five candidates (one collapsed, which is also the best).
+    pub(crate) fn report() -> Value {
+        let kinds = ["q", "k", "v", "o", "gate", "up", "down"];
+        let mut scores = Vec::new();
+        for layer in [25u64, 26, 27] {
+            for (ki, kind) in kinds.iter().enumerate() {
+                for blocks in [1u64, 2] {
+                    for keep in [0.01, 0.1, 0.5] {
+                        let score = (layer as f64 - 24.0) * 0.31 + ki as f64 * 0.17
+                            - blocks as f64 * 0.05
+                            + keep;
+                        scores.push(json!({
+                            "matrix": name(layer, kind), "layer": layer, "kind": kind,
+                            "blocks": blocks, "keep": keep, "score": score
+                        }));
+                    }
+                }
+            }
+        }
+        let down27 = name(27, "down");
+        let up26 = name(26, "up");
+        let candidates = json!([
+            {"matrix": down27, "layer": 27, "blocks": 2, "keep": 0.01, "score": 1.62,
+             "selection": classification(62, 100, 0.5, [0, 100], [38, 62], 6.9)},
+            {"matrix": down27, "layer": 27, "blocks": 2, "keep": 0.1, "score": 1.5,
+             "selection": classification(58, 100, 0.54, [12, 88], [38, 62], 6.1)},
+            {"matrix": down27, "layer": 27, "blocks": 2, "keep": 0.5, "score": 1.41,
+             "selection": classification(57, 100, 0.53, [20, 80], [38, 62], 6.2)},
+            {"matrix": up26, "layer": 26, "blocks": 1, "keep": 0.1, "score": 1.3,
+             "selection": classification(55, 100, 0.52, [30, 70], [38, 62], 6.3)},
+            {"matrix": "model.layers.9.weird|name.weight", "layer": 9, "blocks": 1, "keep": 0.5,
+             "score": null, "selection": classification(50, 100, 0.48, [45, 55], [38, 62], 6.4)}
+        ]);
+        json!({
+            "task": "epistemic_reasoning",
+            "model": "smollm2",
+            "mode": "gradient",
+            "selection_metric": "accuracy",
+            "scores": scores,
+            "baseline": {
+                "selection": classification(57, 100, 0.52, [25, 75], [38, 62], 6.2),
+                "heldout": classification(560, 1000, 0.51, [240, 760], [400, 600], 6.3)
+            },
+            "candidates": candidates,
+            "best": {"matrix": down27, "blocks": 2, "keep": 0.01,
+                     "selection": classification(62, 100, 0.5, [0, 100], [38, 62], 6.9),
+                     "heldout": classification(600, 1000, 0.5, [0, 1000], [400, 600], 7.0)},
+            "stages": [
+                {"stage": "gradients", "instance": "all matrices", "key": "ab12", "outcome": "computed", "seconds": 12.3},
+                {"stage": "factors", "instance": "layers.27.mlp.down_proj K=1", "key": "cd34", "outcome": "hit", "seconds": 0.5},
+                {"stage": "factors", "instance": "layers.27.mlp.down_proj K=2", "key": "cd35", "outcome": "computed", "seconds": 3.0},
+                {"stage": "evaluate", "instance": "baseline selection", "key": "ef56", "outcome": "memo", "seconds": 0.0},
+                {"stage": "evaluate", "instance": "candidate 1", "key": "ef57", "outcome": "computed", "seconds": 20.0}
+            ],
+            "seconds": 123.4,
+            "export": {
+                "dense": {"path": "out/model.safetensors", "bytes": 538000000u64},
+                "factored": {"path": "out/factored.safetensors", "bytes": 1234, "params": 100, "dense_params": 884736}
+            },
+            "resolved": {"task": "epistemic_reasoning", "search": {"top_k": 5, "blocks": [1, 2]}}
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn markdown_has_sections_tables_and_figures() {
+        let md = markdown(&fixture::report());
+        assert!(md.starts_with("# c2i report: epistemic_reasoning on smollm2\n"));
+        for header in [
+            "| Set | Samples | Accuracy | Balanced accuracy | Macro-F1 | Majority-class rate | Log-loss | Predictions | Collapsed |",
+            "| # | Matrix | K | Keep | Score | Accuracy | Balanced accuracy | Log-loss | Predictions | Collapsed |",
+            "| Stage | Instances | Hit | Computed | Memo | Seconds |",
+            "| Artifact | Path | Size | Parameters |",
+        ] {
+            assert!(md.contains(header), "missing header {header}\n{md}");
+        }
+        assert!(md.contains("`model.layers.27.mlp.down_proj.weight` (layer 27, kind down)"));
+        assert!(md.contains("[12, 88]"));
+        assert!(md.contains("[0, 100]"));
+        assert!(md.contains("**COLLAPSED**"));
+        assert!(md.contains("1 (best)"));
+        assert!(md.contains("> **Warning:**"));
+        assert!(md.contains("COLLAPSED on the held-out samples (one answer takes 100.00%"));
+        assert!(md.contains("balanced accuracy (50.00%) is not above the baseline's (51.00%)"));
+        assert!(md.contains(
+            "**Held-out gain over the baseline:** +4.00 points of accuracy (56.00% → 60.00%)"
+        ));
+        assert!(md.contains("always giving the majority answer scores **62.00%**"));
+        assert!(md.contains("513.1 MiB (538,000,000 bytes)"));
+        assert!(md.contains("100 of 884,736 dense (0.01%)"));
+        assert!(md.contains("| factors | 2 | 1 | 1 | 0 | 3.5 |"));
+        assert!(md.contains("| **total** | 5 | 1 | 3 | 1 | 35.8 |"));
+        assert!(md.contains("Total run time: 123.4 s."));
+        assert!(md.contains("```json"));
+        // Every candidate's histogram is visible.
+        for h in ["[0, 100]", "[12, 88]", "[20, 80]", "[30, 70]", "[45, 55]"] {
+            assert!(md.contains(h), "{h}");
+        }
+        assert_eq!(markdown(&fixture::report()), md);
+    }
+
+    /// Every table line has the same number of unescaped `|` as its header.
+    #[test]
+    fn tables_are_well_formed_and_escape_pipes() {
+        let md = markdown(&fixture::report());
+        assert!(md.contains("`model.layers.9.weird\\|name.weight`"));
+        let pipes = |line: &str| {
+            let b = line.as_bytes();
+            (0..b.len())
+                .filter(|&i| b[i] == b'|' && (i == 0 || b[i - 1] != b'\\'))
+                .count()
+        };
+        let mut expected: Option<usize> = None;
+        let mut tables = 0;
+        for line in md.lines() {
+            if line.starts_with('|') {
+                match expected {
+                    None => {
+                        expected = Some(pipes(line));
+                        tables += 1;
+                    }
+                    Some(n) => assert_eq!(pipes(line), n, "{line}"),
+                }
+            } else {
+                expected = None;
+            }
+        }
+        assert_eq!(tables, 5);
+        assert_eq!(escape_cell("a|b\nc"), "a\\|b c");
+    }
+
+    #[test]
+    fn no_warning_for_a_sound_best_candidate() {
+        let mut r = fixture::report();
+        let good = r["candidates"][1]["selection"].clone();
+        r["best"]["keep"] = json!(0.1);
+        r["best"]["selection"] = good.clone();
+        let mut held = good;
+        held["metrics"]["balanced_accuracy"] = json!(0.6);
+        r["best"]["heldout"] = held;
+        let md = markdown(&r);
+        assert!(!md.contains("Warning"), "{md}");
+        assert!(md.contains("2 (best)"));
+        assert!(md.contains("+9.00 points of balanced accuracy (51.00% → 60.00%)"));
+    }
+
+    #[test]
+    fn accepts_external_tagging_and_missing_parts() {
+        let fig = json!({
+            "samples": 10, "accuracy": 0.7, "log_loss": 1.0,
+            "metrics": {"Classification": {"n": 10, "balanced_accuracy": 0.6,
+                        "predicted_histogram": [3, 7], "majority_class_rate": 0.8,
+                        "max_predicted_share": 0.7}}
+        });
+        let f = Figures::from_value(&fig);
+        assert_eq!(f.kind, MetricsKind::Classification);
+        assert_eq!(f.balanced_accuracy, Some(0.6));
+        assert_eq!(f.predicted_histogram, Some(vec![3, 7]));
+        assert_eq!(f.collapsed, Some(false));
+        let r = json!({
+            "task": "t", "model": "m", "mode": "laser", "selection_metric": "accuracy",
+            "scores": [], "baseline": null, "candidates": [{"matrix": "x", "blocks": 1, "keep": 0.5, "score": null, "selection": fig}],
+            "best": null, "stages": [], "seconds": 1.0
+        });
+        let md = markdown(&r);
+        assert!(md.contains("No baseline was evaluated"));
+        assert!(md.contains("No best candidate"));
+        assert!(md.contains("[3, 7]"));
+        assert!(md.contains("scores **80.00%**"));
+        assert!(!md.contains("## Export"));
+        let empty = markdown(&json!({}));
+        assert!(empty.starts_with("# c2i report: unknown task on unknown model"));
+    }
+
+    #[test]
+    fn generation_metrics_render() {
+        let fig = json!({
+            "samples": 4, "accuracy": 0.25, "log_loss": 3.0,
+            "metrics": {"kind": "generation", "n": 4, "correct": 1, "accuracy": 0.25,
+                        "exact_match": 0.25, "token_f1": 0.5, "empty_rate": 0.0, "prompt_copy_rate": 0.25},
+            "selection": {"accuracy": 0.25, "balanced_accuracy": null, "log_loss": 3.0}
+        });
+        let f = Figures::from_value(&fig);
+        assert_eq!(f.kind, MetricsKind::Generation);
+        assert_eq!(f.balanced_accuracy, None);
+        let r = json!({"task": "qa", "model": "m", "baseline": {"selection": fig, "heldout": fig}});
+        let md = markdown(&r);
+        assert!(md.contains("| Set | Exact match | Token F1 | Empty answers | Copies prompt |"));
+        assert!(md.contains("| held-out | 25.00% | 50.00% | 0.00% | 25.00% |"));
+        assert!(md.contains("no majority-class rate"));
+    }
+
+    #[test]
+    fn names_and_formats() {
+        assert_eq!(layer_of("model.layers.27.mlp.down_proj.weight"), Some(27));
+        assert_eq!(
+            kind_of("model.layers.27.mlp.down_proj.weight").as_deref(),
+            Some("down")
+        );
+        assert_eq!(
+            kind_of("model.layers.3.self_attn.q_proj.weight").as_deref(),
+            Some("q")
+        );
+        assert_eq!(
+            short_matrix_name("model.layers.3.self_attn.q_proj.weight"),
+            "layers.3.self_attn.q_proj"
+        );
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(fmt_bytes(1000), "1000 B");
+        assert_eq!(fmt_points(-0.0000001), "+0.00 points");
+        assert_eq!(fmt_score(Some(1.5e-6)), "1.500e-6");
+        assert_eq!(fmt_keep(0.25), "0.25");
+    }
+}

@@ -1,0 +1,260 @@
+//! The build engine, driving the real `c2i` binary on the real SmolLM2 model and the
+//! real epistemic-reasoning data: what is reused when which parameter changes, and
+//! what `cache verify` catches.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn shared_datasets() -> PathBuf {
+    let dir = std::env::var_os("C2I_SHARED_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
+    assert!(dir.is_dir(), "no shared data sets at {}", dir.display());
+    dir
+}
+
+/// A small pipeline: 6 calibration rows, 12 evaluation and 12 held-out rows, the MLP
+/// matrices of layers 28 and 29, K in {1, 2}, two rho values, top 2.
+fn write_pipeline(dir: &Path) -> PathBuf {
+    let data =
+        shared_datasets().join("bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl");
+    let text = format!(
+        r#"
+[model]
+path = "smollm2"
+
+[data]
+task = "epistemic_reasoning"
+path = "{}"
+calibration = {{ samples = 6, seed = 0 }}
+evaluation  = {{ samples = 12, seed = 1 }}
+heldout     = {{ samples = 12, seed = 2 }}
+
+[search]
+layers = [28, 29]
+top_k = 2
+blocks = [1, 2]
+keep = [0.1, 0.5]
+
+[output]
+dir = "out"
+dense = false
+"#,
+        data.display()
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn c2i(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_c2i"))
+        .args(args)
+        .output()
+        .expect("run c2i")
+}
+
+/// Runs the pipeline; returns stage -> outcome -> count from run.json.
+fn run(pipeline: &Path, cache: &Path, sets: &[&str]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut args = vec![
+        "--quiet",
+        "run",
+        pipeline.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    let out = c2i(&args);
+    assert!(
+        out.status.success(),
+        "c2i run {sets:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_json: Value = serde_json::from_slice(
+        &std::fs::read(pipeline.parent().unwrap().join("out/run.json")).unwrap(),
+    )
+    .unwrap();
+    serde_json::from_value(run_json["outcomes"].clone()).unwrap()
+}
+
+fn count(o: &BTreeMap<String, BTreeMap<String, u64>>, stage: &str, outcome: &str) -> u64 {
+    o.get(stage)
+        .and_then(|m| m.get(outcome))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn blobs(cache: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for d in std::fs::read_dir(cache.join("blobs")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.is_file() && !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn reuse_follows_the_keys_and_verify_catches_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = write_pipeline(tmp.path());
+    let cache = tmp.path().join("cache");
+
+    // Cold: everything is computed.
+    let cold = run(&pipeline, &cache, &[]);
+    assert_eq!(count(&cold, "gradients", "computed"), 1, "{cold:?}");
+    assert_eq!(count(&cold, "factors", "computed"), 12, "{cold:?}");
+    assert_eq!(count(&cold, "sv-grads", "computed"), 12, "{cold:?}");
+    assert!(count(&cold, "evaluate", "computed") >= 3, "{cold:?}");
+
+    // The same run again: every stage is a hit, nothing is computed (no forward).
+    let warm = run(&pipeline, &cache, &[]);
+    for (stage, m) in &warm {
+        assert_eq!(
+            m.get("computed"),
+            None,
+            "{stage} computed on a warm run: {warm:?}"
+        );
+    }
+    assert_eq!(count(&warm, "gradients", "hit"), 1);
+
+    // Changing rho: gradients, factors and sv-grads all hit; evaluations run.
+    let rho = run(&pipeline, &cache, &["search.keep=[0.2, 0.05]"]);
+    assert_eq!(count(&rho, "gradients", "hit"), 1, "{rho:?}");
+    assert_eq!(count(&rho, "factors", "hit"), 12, "{rho:?}");
+    assert_eq!(count(&rho, "factors", "computed"), 0, "{rho:?}");
+    assert_eq!(count(&rho, "sv-grads", "computed"), 0, "{rho:?}");
+    assert!(count(&rho, "evaluate", "computed") >= 1, "{rho:?}");
+
+    // Changing K: gradients hit; factors computed only for the new K (6 matrices).
+    let k = run(&pipeline, &cache, &["search.blocks=[1, 4]"]);
+    assert_eq!(count(&k, "gradients", "hit"), 1, "{k:?}");
+    assert_eq!(count(&k, "factors", "computed"), 6, "{k:?}");
+    assert_eq!(count(&k, "factors", "hit"), 6, "{k:?}");
+
+    // Changing the calibration seed: new gradients, every factor reused.
+    let seed = run(&pipeline, &cache, &["data.calibration.seed=7"]);
+    assert_eq!(count(&seed, "gradients", "computed"), 1, "{seed:?}");
+    assert_eq!(count(&seed, "factors", "computed"), 0, "{seed:?}");
+    assert_eq!(count(&seed, "factors", "hit"), 12, "{seed:?}");
+
+    // status: a rho change is explained by the parameter, old and new.
+    let out = c2i(&[
+        "status",
+        pipeline.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--set",
+        "search.blocks=[8]",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("param blocks: 1 -> 8")
+            || text.contains("param blocks: 2 -> 8")
+            || text.contains("-> 8"),
+        "{text}"
+    );
+
+    // Corrupt two blobs: flip a byte in one, truncate another.
+    let all = blobs(&cache);
+    assert!(all.len() >= 4);
+    let flipped = &all[0];
+    let mut bytes = std::fs::read(flipped).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(flipped, &bytes).unwrap();
+    let truncated = &all[1];
+    let bytes = std::fs::read(truncated).unwrap();
+    std::fs::write(truncated, &bytes[..bytes.len() / 2]).unwrap();
+
+    let verify = c2i(&[
+        "--json",
+        "cache",
+        "--cache",
+        cache.to_str().unwrap(),
+        "verify",
+    ]);
+    assert!(
+        !verify.status.success(),
+        "verify should fail on a corrupt cache"
+    );
+    let report = String::from_utf8_lossy(&verify.stdout);
+    for p in [flipped, truncated] {
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            report.contains(&name),
+            "verify did not name {name}: {report}"
+        );
+    }
+    let repair = c2i(&[
+        "--quiet",
+        "cache",
+        "--cache",
+        cache.to_str().unwrap(),
+        "verify",
+        "--repair",
+    ]);
+    assert!(
+        repair.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    let clean = c2i(&[
+        "--quiet",
+        "cache",
+        "--cache",
+        cache.to_str().unwrap(),
+        "verify",
+    ]);
+    assert!(
+        clean.status.success(),
+        "the cache is not clean after repair"
+    );
+
+    // The next run rebuilds what was removed and succeeds.
+    let rebuilt = run(&pipeline, &cache, &[]);
+    let computed: u64 = rebuilt
+        .values()
+        .map(|m| m.get("computed").copied().unwrap_or(0))
+        .sum();
+    assert!(computed >= 1, "nothing was rebuilt: {rebuilt:?}");
+}
+
+#[test]
+fn bad_pipeline_files_name_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(&p, "[model]\npath = \"smollm2\"\n[data]\ntask = \"epistemic_reasoning\"\n[search]\ntop_k = \"many\"\n[output]\ndir = \"o\"\n").unwrap();
+    let out = c2i(&["run", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:6:"), "{err}");
+    assert!(err.contains("top_k") || err.contains("integer"), "{err}");
+
+    std::fs::write(&p, "[model]\npath = \"smollm2\"\n[data]\ntask = \"epistemic_reasoning\"\nwhat = 1\n[output]\ndir = \"o\"\n").unwrap();
+    let out = c2i(&["run", p.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.toml:5:") && err.contains("what"), "{err}");
+
+    let out = c2i(&["run", tmp.path().join("missing.toml").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("missing.toml"),
+        "{err}"
+    );
+}
