@@ -2,30 +2,13 @@
 //! differences of the calibration loss in f64.
 
 use c2i_stages::assets::smollm2_gguf;
-use c2i_stages::grad::{calibration_loss, gradient_pass, GradOptions, LossSample};
-use c2i_stages::model::tokenizer::encode;
+use c2i_stages::grad::{calibration_loss, gradient_pass, GradOptions};
 use c2i_stages::model::{Llama, MatrixId, MatrixKind, Weights};
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 mod common;
-use common::shared_datasets;
-
-/// The first rows of BigBench WikidataQA (short prompts keep the f64 check quick).
-fn wikidata_samples(tok: &tokenizers::Tokenizer, n: usize) -> Vec<LossSample> {
-    let path = shared_datasets().join("bigbench_qa_wikidata/laser_qa_wikidata.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .take(n)
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            LossSample {
-                prompt: encode(tok, v["inputs"].as_str().unwrap()).unwrap(),
-                answer: encode(tok, &format!(" {}", v["target"].as_str().unwrap())).unwrap(),
-            }
-        })
-        .collect()
-}
+use common::wikidata_samples;
 
 fn perturbed(w: &Tensor, row: usize, col: usize, delta: f64) -> Tensor {
     let (r, c) = w.dims2().unwrap();

@@ -6,28 +6,12 @@ mod common;
 
 use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::factor::{factor_matrix, RowMajor};
-use c2i_stages::grad::{calibration_loss, gradient_pass, GradOptions, LossSample};
-use c2i_stages::model::tokenizer::encode;
+use c2i_stages::grad::{calibration_loss, gradient_pass, GradOptions};
 use c2i_stages::model::{Llama, MatrixId, MatrixKind, Weights};
 use c2i_stages::score::{sv_grads, Components};
 use candle_core::{DType, Device, Tensor};
-use common::shared_datasets;
+use common::wikidata_samples;
 use std::collections::BTreeMap;
-
-fn wikidata_samples(tok: &tokenizers::Tokenizer, n: usize) -> Vec<LossSample> {
-    let path = shared_datasets().join("bigbench_qa_wikidata/laser_qa_wikidata.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap();
-    text.lines()
-        .take(n)
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            LossSample {
-                prompt: encode(tok, v["inputs"].as_str().unwrap()).unwrap(),
-                answer: encode(tok, &format!(" {}", v["target"].as_str().unwrap())).unwrap(),
-            }
-        })
-        .collect()
-}
 
 #[test]
 fn singular_value_gradients_match_finite_differences_of_the_loss() {

@@ -8,10 +8,10 @@
 //!   scored by the log-probability of its tokens after the prompt, summed over the
 //!   choice's tokens (LASER's rule). The prediction is the argmax of these sums; ties
 //!   go to the lower choice index (numpy's `argmax`). The prompt runs once per sample
-//!   for all choices ([`choice`](super::choice)'s tree layout). The gold
+//!   for all choices ([`choice`]'s tree layout). The gold
 //!   log-probability is the gold choice's sum.
 //! - **Generation** (WikidataQA, HotPotQA): greedy decoding with a KV cache
-//!   ([`generate`](super::generate)) of at most the example's `max_new_tokens`, stopping
+//!   ([`generate`]) of at most the example's `max_new_tokens`, stopping
 //!   at the end-of-sequence token when the set has one; the continuation alone (EOS
 //!   excluded, special tokens skipped) is decoded and scored with
 //!   [`score_generation`]. The gold log-probability is the summed log-probability of
@@ -26,7 +26,7 @@
 //! the number of samples), after sorting by length so that little padding is wasted.
 //! Records come back in the set's order. Choice tasks pad on the right; generation
 //! tasks pad prompts on the left and continuations on the right, so that every
-//! prompt ends in the same column (see [`generate`](super::generate)).
+//! prompt ends in the same column (see [`generate`]).
 //!
 //! # Layer-prefix reuse
 //!
