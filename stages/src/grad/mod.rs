@@ -4,11 +4,20 @@
 //! The calibration loss is, per sample, the summed negative log-likelihood of the gold
 //! answer tokens that follow the prompt, averaged over the samples. Only the answer
 //! positions go through the final norm and the LM head. Samples run in micro-batches
-//! (sorted by length, so little padding) and the gradients are summed, so memory is
-//! bounded by one micro-batch's activations whatever the number of samples.
+//! (sorted by length) and the gradients are summed, so memory is bounded by one
+//! micro-batch's activations whatever the number of samples.
+//!
+//! On the CPU in f32 or f64 the pass is the hand-written forward and backward of
+//! [`crate::model::ops::llama_grad`] (packed rows, no padding, only the gradients asked
+//! for, accumulated in place); elsewhere it is candle's autograd through [`Llama`]
+//! ([`gradient_pass_autograd`], also the reference the fast pass is tested against).
 
+use crate::model::ops::alloc::RetainHeap;
+use crate::model::ops::llama_grad::{self, GradBuffers, Packed, RopeTable};
+use crate::model::ops::Real;
 use crate::model::{Batch, Llama, MatrixId, ModelError, Padding, Target, Weights};
 use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// One calibration sample, tokenized: the prompt and the gold answer's tokens.
@@ -128,12 +137,160 @@ pub fn gradient_pass(
     opts: &GradOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Gradients, ModelError> {
-    check_samples(samples)?;
+    if llama_grad::supported::<f32>(weights) {
+        gradient_pass_fast::<f32>(weights, samples, matrices, opts, progress)
+    } else if llama_grad::supported::<f64>(weights) {
+        gradient_pass_fast::<f64>(weights, samples, matrices, opts, progress)
+    } else {
+        gradient_pass_autograd(weights, samples, matrices, opts, progress)
+    }
+}
+
+fn matrix_list(weights: &Weights, matrices: &[MatrixId]) -> Result<Vec<MatrixId>, ModelError> {
     let ids: Vec<MatrixId> = if matrices.is_empty() {
         weights.matrix_ids()
     } else {
         matrices.to_vec()
     };
+    for id in &ids {
+        weights.matrix(*id)?;
+    }
+    Ok(ids)
+}
+
+/// A micro-batch packed for the hand-written pass: each sample's prompt and answer
+/// without the answer's last token (no loss term looks past it), and one target per
+/// answer token.
+fn packed_for(samples: &[LossSample], idx: &[usize]) -> Result<Packed, ModelError> {
+    let items: Vec<llama_grad::PackedItem> = idx
+        .iter()
+        .map(|&i| {
+            let s = &samples[i];
+            let p = s.prompt.len();
+            let mut toks = s.prompt.clone();
+            toks.extend_from_slice(&s.answer[..s.answer.len() - 1]);
+            let targets = s
+                .answer
+                .iter()
+                .enumerate()
+                .map(|(j, &tok)| (p + j - 1, tok))
+                .collect();
+            (toks, targets)
+        })
+        .collect();
+    Packed::new(&items)
+}
+
+/// [`gradient_pass`] on the hand-written forward and backward, in `T`.
+pub fn gradient_pass_fast<T: Real>(
+    weights: &Weights,
+    samples: &[LossSample],
+    matrices: &[MatrixId],
+    opts: &GradOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Gradients, ModelError> {
+    gradient_pass_fast_with::<T>(weights, samples, matrices, opts, 1, progress)
+}
+
+/// [`gradient_pass_fast`] with each micro-batch split into `parties` parts that run
+/// concurrently (rayon), their gradients added in a fixed order so the result does not
+/// depend on thread timing.
+pub fn gradient_pass_fast_with<T: Real>(
+    weights: &Weights,
+    samples: &[LossSample],
+    matrices: &[MatrixId],
+    opts: &GradOptions,
+    parties: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Gradients, ModelError> {
+    check_samples(samples)?;
+    let ids = matrix_list(weights, matrices)?;
+    let config = &weights.config;
+    let max_len = samples
+        .iter()
+        .map(|s| s.prompt.len() + s.answer.len())
+        .max()
+        .unwrap_or(1);
+    let rope = RopeTable::<T>::new(config, max_len);
+    let mut bufs = GradBuffers::<T>::new(config, &ids);
+    let n = samples.len() as f64;
+    let _heap = RetainHeap::new();
+    // Longest first: later, smaller micro-batches reuse the memory freed before them.
+    let batches: Vec<Vec<usize>> = micro_batches(samples, opts.micro_batch)
+        .into_iter()
+        .rev()
+        .collect();
+    let parties = parties.max(1);
+    let loss = llama_grad::with_weights::<T, _>(weights, |m| {
+        let mut loss = 0f64;
+        let mut done = 0;
+        for idx in &batches {
+            // Deal the samples (sorted by length) round-robin to the parties.
+            let groups: Vec<Vec<usize>> = (0..parties.min(idx.len()))
+                .map(|p| idx.iter().skip(p).step_by(parties).copied().collect())
+                .collect();
+            let losses: Vec<Result<f64, ModelError>> = groups
+                .par_iter()
+                .enumerate()
+                .with_max_len(1)
+                .map(|(party, group)| {
+                    let b = packed_for(samples, group)?;
+                    llama_grad::loss_and_grad(m, &b, 1.0 / n, &rope, Some((&bufs, party)))
+                })
+                .collect();
+            for l in losses {
+                loss += l?;
+            }
+            bufs.end_round();
+            done += idx.len();
+            progress(done, samples.len());
+        }
+        Ok::<f64, ModelError>(loss)
+    })??;
+    Ok(Gradients {
+        loss,
+        samples: samples.len(),
+        answer_tokens: samples.iter().map(|s| s.answer.len()).sum(),
+        grads: bufs.into_tensors(config)?.into_iter().collect(),
+    })
+}
+
+/// The calibration loss on the hand-written forward (what [`gradient_pass_fast`]
+/// differentiates), in `T`.
+pub fn calibration_loss_fast<T: Real>(
+    weights: &Weights,
+    samples: &[LossSample],
+    opts: &GradOptions,
+) -> Result<f64, ModelError> {
+    check_samples(samples)?;
+    let max_len = samples
+        .iter()
+        .map(|s| s.prompt.len() + s.answer.len())
+        .max()
+        .unwrap_or(1);
+    let rope = RopeTable::<T>::new(&weights.config, max_len);
+    let n = samples.len() as f64;
+    llama_grad::with_weights::<T, _>(weights, |m| {
+        let mut loss = 0f64;
+        for idx in micro_batches(samples, opts.micro_batch) {
+            let b = packed_for(samples, &idx)?;
+            loss += llama_grad::loss_and_grad(m, &b, 1.0 / n, &rope, None)?;
+        }
+        Ok(loss)
+    })?
+}
+
+/// [`gradient_pass`] through candle's autograd on [`Llama`] (any device or dtype; slower
+/// and keeps every intermediate of a micro-batch).
+pub fn gradient_pass_autograd(
+    weights: &Weights,
+    samples: &[LossSample],
+    matrices: &[MatrixId],
+    opts: &GradOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Gradients, ModelError> {
+    check_samples(samples)?;
+    let ids = matrix_list(weights, matrices)?;
     let mut vars: BTreeMap<MatrixId, Var> = BTreeMap::new();
     for id in &ids {
         vars.insert(*id, Var::from_tensor(weights.matrix(*id)?)?);
@@ -202,6 +359,93 @@ mod tests {
         let mut all: Vec<usize> = mb.concat();
         all.sort();
         assert_eq!(all, vec![0, 1, 2, 3, 4]);
+    }
+
+    fn tiny_samples() -> Vec<LossSample> {
+        (0..7u32)
+            .map(|i| LossSample {
+                prompt: (0..3 + 2 * i).map(|j| (i * 7 + j * 3) % 50).collect(),
+                answer: (0..1 + i % 3).map(|j| (i * 11 + j * 5 + 1) % 50).collect(),
+            })
+            .collect()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn fast_pass_matches_autograd_for_any_micro_batching_and_parties() {
+        use crate::model::ops::llama_grad::tests::tiny_weights;
+        let w = tiny_weights(DType::F64, 2);
+        let samples = tiny_samples();
+        let want = gradient_pass_autograd(
+            &w,
+            &samples,
+            &[],
+            &GradOptions { micro_batch: 3 },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let want_loss = calibration_loss(
+            &Llama::new(&w).unwrap(),
+            &samples,
+            &GradOptions { micro_batch: 7 },
+        )
+        .unwrap();
+        assert!((want.loss - want_loss).abs() < 1e-12);
+        let mut seen = Vec::new();
+        for (mb, parties) in [(1, 1), (3, 1), (7, 1), (4, 2), (7, 3), (2, 2)] {
+            let mut calls = Vec::new();
+            let got = gradient_pass_fast_with::<f64>(
+                &w,
+                &samples,
+                &[],
+                &GradOptions { micro_batch: mb },
+                parties,
+                &mut |done, total| calls.push((done, total)),
+            )
+            .unwrap();
+            assert_eq!(calls.last(), Some(&(7, 7)));
+            assert!((got.loss - want.loss).abs() < 1e-12, "loss {mb}/{parties}");
+            assert_eq!(got.grads.len(), want.grads.len());
+            for (id, g) in &got.grads {
+                let (a, b) = (flat(g), flat(&want.grads[id]));
+                let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let diff = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    diff <= 1e-10 * scale,
+                    "{} mb {mb} parties {parties}",
+                    id.hf_name()
+                );
+            }
+            let fast_loss =
+                calibration_loss_fast::<f64>(&w, &samples, &GradOptions { micro_batch: mb })
+                    .unwrap();
+            assert!((fast_loss - want.loss).abs() < 1e-12);
+            seen.push(got);
+        }
+        // Concurrent parties add in a fixed order: the same bits every time.
+        let again = gradient_pass_fast_with::<f64>(
+            &w,
+            &samples,
+            &[],
+            &GradOptions { micro_batch: 7 },
+            3,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        for (id, g) in &again.grads {
+            assert_eq!(flat(g), flat(&seen[4].grads[id]), "{}", id.hf_name());
+        }
     }
 
     #[test]

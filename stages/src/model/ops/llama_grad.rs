@@ -1,0 +1,1104 @@
+//! The llama forward and backward by hand, for the calibration loss: the summed NLL of
+//! target tokens, times a scale.
+//!
+//! Sequences are packed row after row without padding. Every layer runs on all rows,
+//! except the last, whose queries, output projection and MLP run only on the rows from
+//! each sequence's first target on (only those reach the loss). Weight gradients are
+//! accumulated into caller-owned buffers, so micro-batches add up without copies.
+
+use super::attention::{attention_backward, attention_forward, Heads, SeqRows};
+use super::gemm::{mode, Mode};
+use super::kernels::{
+    log_softmax_nll_grad, rms_norm, rms_norm_apply, rms_norm_backward, rope, rope_table, swiglu,
+    swiglu_backward,
+};
+use super::linear::{add_into, matmul, Operand, WeightMat};
+use super::Real;
+use crate::model::{LlamaConfig, MatrixId, MatrixKind, ModelError, Weights};
+use candle_core::{Device, Storage, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// One layer's weights, borrowed from candle tensors (Hugging Face layout: `out x in`).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerWeights<'a, T> {
+    pub input_norm: &'a [T],
+    pub post_norm: &'a [T],
+    pub q: WeightMat<'a, T>,
+    pub k: WeightMat<'a, T>,
+    pub v: WeightMat<'a, T>,
+    pub o: WeightMat<'a, T>,
+    pub gate: WeightMat<'a, T>,
+    pub up: WeightMat<'a, T>,
+    pub down: WeightMat<'a, T>,
+}
+
+/// The model's weights, borrowed from candle tensors.
+#[derive(Debug, Clone)]
+pub struct ModelWeights<'a, T> {
+    pub config: LlamaConfig,
+    pub embed: WeightMat<'a, T>,
+    pub lm_head: WeightMat<'a, T>,
+    pub norm: &'a [T],
+    pub layers: Vec<LayerWeights<'a, T>>,
+}
+
+/// Whether [`with_weights`] can run on these weights: dense CPU tensors of dtype `T`.
+pub fn supported<T: Real>(weights: &Weights) -> bool {
+    weights
+        .tensors
+        .values()
+        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == T::DTYPE)
+}
+
+/// Calls `f` with slices of the weights (read-locked for the duration, no copies unless
+/// a tensor is not contiguous).
+pub fn with_weights<T: Real, R>(
+    weights: &Weights,
+    f: impl FnOnce(&ModelWeights<'_, T>) -> R,
+) -> Result<R, ModelError> {
+    let c = &weights.config;
+    let (d, hd) = (c.hidden_size, c.head_dim());
+    let (qw, kw, im) = (
+        c.num_attention_heads * hd,
+        c.num_key_value_heads * hd,
+        c.intermediate_size,
+    );
+    let mut tensors: Vec<(Tensor, usize)> = Vec::new();
+    let mut add = |t: &Tensor, want: &[usize], name: &str| -> Result<(), ModelError> {
+        if t.dims() != want {
+            return Err(ModelError::Shape {
+                path: weights.source.clone(),
+                name: name.to_string(),
+                expected: want.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        if !matches!(t.device(), Device::Cpu) || t.dtype() != T::DTYPE {
+            return Err(ModelError::Input(format!(
+                "{name}: the hand-written pass needs {:?} tensors on the CPU",
+                T::DTYPE
+            )));
+        }
+        tensors.push((t.contiguous()?, want.iter().product()));
+        Ok(())
+    };
+    let emb = "model.embed_tokens.weight";
+    add(weights.get(emb)?, &[c.vocab_size, d], emb)?;
+    add(weights.get("model.norm.weight")?, &[d], "model.norm.weight")?;
+    if !c.tie_word_embeddings {
+        add(
+            weights.get("lm_head.weight")?,
+            &[c.vocab_size, d],
+            "lm_head.weight",
+        )?;
+    }
+    for l in 0..c.num_hidden_layers {
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            let name = format!("model.layers.{l}.{n}.weight");
+            add(weights.get(&name)?, &[d], &name)?;
+        }
+        for kind in MatrixKind::ALL {
+            let id = MatrixId::new(l, kind);
+            let shape = match kind {
+                MatrixKind::Q => [qw, d],
+                MatrixKind::K | MatrixKind::V => [kw, d],
+                MatrixKind::O => [d, qw],
+                MatrixKind::Gate | MatrixKind::Up => [im, d],
+                MatrixKind::Down => [d, im],
+            };
+            add(weights.matrix(id)?, &shape, &id.hf_name())?;
+        }
+    }
+    let guards: Vec<_> = tensors
+        .iter()
+        .map(|(t, n)| {
+            let (s, l) = t.storage_and_layout();
+            (s, l.start_offset(), *n)
+        })
+        .collect();
+    let mut mats: Vec<WeightMat<'_, T>> = Vec::with_capacity(guards.len());
+    for (s, start, n) in &guards {
+        match &**s {
+            Storage::Cpu(cpu) => mats.push(WeightMat {
+                storage: cpu,
+                offset: *start,
+                data: &cpu.as_slice::<T>()?[*start..*start + *n],
+            }),
+            _ => {
+                return Err(ModelError::Input(
+                    "the hand-written pass runs on the CPU only".into(),
+                ))
+            }
+        }
+    }
+    let mut it = mats.into_iter();
+    let mut next = || it.next().expect("one slice per tensor");
+    let embed = next();
+    let norm = next().data;
+    let lm_head = if c.tie_word_embeddings { embed } else { next() };
+    let layers = (0..c.num_hidden_layers)
+        .map(|_| LayerWeights {
+            input_norm: next().data,
+            post_norm: next().data,
+            q: next(),
+            k: next(),
+            v: next(),
+            o: next(),
+            gate: next(),
+            up: next(),
+            down: next(),
+        })
+        .collect();
+    let model = ModelWeights {
+        config: c.clone(),
+        embed,
+        lm_head,
+        norm,
+        layers,
+    };
+    Ok(f(&model))
+}
+
+/// One sequence to pack: its tokens, and the (position, target token) pairs to score.
+pub type PackedItem = (Vec<u32>, Vec<(usize, u32)>);
+
+/// Sequences packed into one block of rows, and the tokens to score.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub tokens: Vec<u32>,
+    /// Rotary position of each row (its index in its sequence).
+    pub pos: Vec<u32>,
+    pub seqs: Vec<SeqRows>,
+    /// (row, token): the logits at `row` predict `token`.
+    pub targets: Vec<(usize, u32)>,
+}
+
+impl Packed {
+    /// Packs `(tokens, targets)` per sequence, targets as (position in the sequence,
+    /// token predicted there).
+    pub fn new(items: &[PackedItem]) -> Result<Packed, ModelError> {
+        let mut p = Packed {
+            tokens: Vec::new(),
+            pos: Vec::new(),
+            seqs: Vec::new(),
+            targets: Vec::new(),
+        };
+        for (i, (toks, targets)) in items.iter().enumerate() {
+            if toks.is_empty() {
+                return Err(ModelError::Input(format!("sequence {i} is empty")));
+            }
+            let start = p.tokens.len();
+            p.seqs.push(SeqRows::full(start, toks.len()));
+            p.tokens.extend_from_slice(toks);
+            p.pos.extend(0..toks.len() as u32);
+            for &(at, tok) in targets {
+                if at >= toks.len() {
+                    return Err(ModelError::Input(format!(
+                        "sequence {i}: target position {at} past its {} tokens",
+                        toks.len()
+                    )));
+                }
+                p.targets.push((start + at, tok));
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// Gradient accumulators: `layers[l][k]` for the k-th kind of [`MatrixKind::ALL`], only
+/// for the matrices asked for.
+///
+/// Micro-batches may run concurrently as the numbered *parties* of a round: each
+/// matrix adds the contributions of a round in party order (a contribution that arrives
+/// early waits, as a matrix, until its turn), so the sums are the same bit for bit
+/// however the threads interleave. [`GradBuffers::end_round`] closes a round.
+#[derive(Debug)]
+pub struct GradBuffers<T> {
+    layers: Vec<[Option<Mutex<Acc<T>>>; 7]>,
+}
+
+/// One matrix's sum, the next party to add, and contributions that came early.
+#[derive(Debug)]
+struct Acc<T> {
+    sum: Vec<T>,
+    next: usize,
+    pending: Vec<(usize, Vec<T>)>,
+}
+
+impl<T: Real> Acc<T> {
+    /// Adds the waiting contributions of the parties next in turn.
+    fn add_early_parties(&mut self) {
+        while let Some(i) = self.pending.iter().position(|p| p.0 == self.next) {
+            let (_, early) = self.pending.swap_remove(i);
+            add_into(&mut self.sum, &early);
+            self.next += 1;
+        }
+    }
+
+    fn add_pending_in_order(&mut self) {
+        self.pending.sort_by_key(|p| p.0);
+        for (_, part) in std::mem::take(&mut self.pending) {
+            add_into(&mut self.sum, &part);
+        }
+    }
+}
+
+impl<T: Real> GradBuffers<T> {
+    /// Zeroed buffers for `ids`.
+    pub fn new(config: &LlamaConfig, ids: &[MatrixId]) -> GradBuffers<T> {
+        let mut layers: Vec<[Option<Mutex<Acc<T>>>; 7]> = (0..config.num_hidden_layers)
+            .map(|_| Default::default())
+            .collect();
+        for id in ids {
+            let (r, c) = matrix_shape(config, id.kind);
+            layers[id.layer][kind_index(id.kind)] = Some(Mutex::new(Acc {
+                sum: vec![T::zero_(); r * c],
+                next: 0,
+                pending: Vec::new(),
+            }));
+        }
+        GradBuffers { layers }
+    }
+
+    /// The lowest layer with a buffer.
+    fn lowest(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .position(|l| l.iter().any(Option::is_some))
+    }
+
+    /// Ends a round of parties: adds what is still waiting, in party order.
+    pub fn end_round(&mut self) {
+        for acc in self.layers.iter_mut().flatten().flatten() {
+            let acc = acc.get_mut().unwrap_or_else(|e| e.into_inner());
+            acc.add_pending_in_order();
+            acc.next = 0;
+        }
+    }
+
+    /// The buffers as tensors (moved, not copied), by matrix.
+    pub fn into_tensors(self, config: &LlamaConfig) -> Result<Vec<(MatrixId, Tensor)>, ModelError> {
+        let mut out = Vec::new();
+        for (l, kinds) in self.layers.into_iter().enumerate() {
+            for (k, buf) in kinds.into_iter().enumerate() {
+                if let Some(acc) = buf {
+                    let mut acc = acc.into_inner().unwrap_or_else(|e| e.into_inner());
+                    acc.add_pending_in_order();
+                    let buf = acc.sum;
+                    let kind = MatrixKind::ALL[k];
+                    let shape = matrix_shape(config, kind);
+                    out.push((
+                        MatrixId::new(l, kind),
+                        Tensor::from_vec(buf, shape, &Device::Cpu)?,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// (rows, cols) of a matrix kind.
+pub fn matrix_shape(c: &LlamaConfig, kind: MatrixKind) -> (usize, usize) {
+    let (d, hd, im) = (c.hidden_size, c.head_dim(), c.intermediate_size);
+    let (qw, kw) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    match kind {
+        MatrixKind::Q => (qw, d),
+        MatrixKind::K | MatrixKind::V => (kw, d),
+        MatrixKind::O => (d, qw),
+        MatrixKind::Gate | MatrixKind::Up => (im, d),
+        MatrixKind::Down => (d, im),
+    }
+}
+
+fn kind_index(kind: MatrixKind) -> usize {
+    MatrixKind::ALL
+        .iter()
+        .position(|&k| k == kind)
+        .expect("kind in ALL")
+}
+
+/// Cosine and sine tables in `T`.
+pub struct RopeTable<T> {
+    cos: Vec<T>,
+    sin: Vec<T>,
+}
+
+impl<T: Real> RopeTable<T> {
+    pub fn new(config: &LlamaConfig, positions: usize) -> RopeTable<T> {
+        let (c, s) = rope_table(config.rope_theta, config.head_dim(), positions.max(1));
+        RopeTable {
+            cos: c.into_iter().map(T::lit).collect(),
+            sin: s.into_iter().map(T::lit).collect(),
+        }
+    }
+}
+
+fn zeros<T: Real>(n: usize) -> Vec<T> {
+    vec![T::zero_(); n]
+}
+
+/// y (n x out) (+)= x (n x in) · Wᵀ, W row-major (out x in).
+fn linear<T: Real>(
+    x: &mut Vec<T>,
+    w: &WeightMat<'_, T>,
+    out_f: usize,
+    in_f: usize,
+    y: &mut Vec<T>,
+    acc: bool,
+) {
+    let n = x.len() / in_f;
+    matmul(
+        y,
+        acc,
+        Operand::buf(x, n, in_f),
+        Operand::weight(w, out_f, in_f).t(),
+        mode() == Mode::Candle,
+    );
+}
+
+/// dx (n x in) (+)= dy (n x out) · W.
+fn linear_dx<T: Real>(
+    dy: &mut Vec<T>,
+    w: &WeightMat<'_, T>,
+    out_f: usize,
+    in_f: usize,
+    dx: &mut Vec<T>,
+    acc: bool,
+) {
+    let n = dy.len() / out_f;
+    matmul(
+        dx,
+        acc,
+        Operand::buf(dy, n, out_f),
+        Operand::weight(w, out_f, in_f),
+        mode() == Mode::Candle,
+    );
+}
+
+/// dW (out x in) += dyᵀ · x for party `party` of the round (see [`GradBuffers`]).
+/// Party 0 adds first, so with faer it accumulates in place under the lock; otherwise
+/// the product is formed before taking the lock and added in turn.
+fn linear_dw<T: Real>(
+    dy: &mut Vec<T>,
+    x: &mut Vec<T>,
+    out_f: usize,
+    in_f: usize,
+    acc: &Mutex<Acc<T>>,
+    party: usize,
+) {
+    let n = dy.len() / out_f;
+    let lock = || acc.lock().unwrap_or_else(|e| e.into_inner());
+    let candle = matches!(mode(), Mode::Candle | Mode::CandleDw);
+    if party == 0 && !candle {
+        let mut a = lock();
+        matmul(
+            &mut a.sum,
+            true,
+            Operand::buf(dy, n, out_f).t(),
+            Operand::buf(x, n, in_f),
+            false,
+        );
+        a.next = 1;
+        a.add_early_parties();
+        return;
+    }
+    let mut part = Vec::new();
+    matmul(
+        &mut part,
+        false,
+        Operand::buf(dy, n, out_f).t(),
+        Operand::buf(x, n, in_f),
+        candle,
+    );
+    let mut a = lock();
+    if a.next == party {
+        add_into(&mut a.sum, &part);
+        a.next += 1;
+        a.add_early_parties();
+    } else {
+        a.pending.push((party, part));
+    }
+}
+
+/// Rows `rows` of a `(?, w)` matrix.
+fn gather_rows<T: Real>(src: &[T], w: usize, rows: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows.len() * w);
+    for &r in rows {
+        out.extend_from_slice(&src[r * w..(r + 1) * w]);
+    }
+    out
+}
+
+/// dst[rows[i]] += src[i] for rows of width `w`.
+fn scatter_add_rows<T: Real>(src: &[T], w: usize, rows: &[usize], dst: &mut [T]) {
+    for (i, &r) in rows.iter().enumerate() {
+        for (d, s) in dst[r * w..(r + 1) * w]
+            .iter_mut()
+            .zip(&src[i * w..(i + 1) * w])
+        {
+            *d += *s;
+        }
+    }
+}
+
+/// The query side of a layer: all rows, or (last layer) a subset.
+struct QuerySide {
+    /// Packed rows on the query side; `None` = all rows in order.
+    rows: Option<Vec<usize>>,
+    seqs: Vec<SeqRows>,
+    pos: Vec<u32>,
+}
+
+impl QuerySide {
+    fn all(b: &Packed) -> QuerySide {
+        QuerySide {
+            rows: None,
+            seqs: b.seqs.clone(),
+            pos: b.pos.clone(),
+        }
+    }
+
+    /// The rows from each sequence's first target on.
+    fn from_first_target(b: &Packed) -> QuerySide {
+        let mut first: Vec<usize> = b.seqs.iter().map(|s| s.len).collect();
+        for &(row, _) in &b.targets {
+            let s = b
+                .seqs
+                .iter()
+                .position(|s| row >= s.start && row < s.start + s.len)
+                .expect("target inside a sequence");
+            first[s] = first[s].min(row - b.seqs[s].start);
+        }
+        let mut rows = Vec::new();
+        let mut seqs = Vec::new();
+        for (s, &f) in b.seqs.iter().zip(&first) {
+            seqs.push(SeqRows {
+                start: s.start,
+                len: s.len,
+                q_first: f,
+                q_row: rows.len(),
+            });
+            rows.extend(s.start + f..s.start + s.len);
+        }
+        let pos = rows.iter().map(|&r| b.pos[r]).collect();
+        QuerySide {
+            rows: Some(rows),
+            seqs,
+            pos,
+        }
+    }
+
+    /// Index on the query side of packed row `row`.
+    fn index_of(&self, row: usize) -> usize {
+        match &self.rows {
+            None => row,
+            Some(rows) => rows.binary_search(&row).expect("row on the query side"),
+        }
+    }
+}
+
+/// What a layer's backward needs from its forward.
+struct Saved<T> {
+    /// Layer input, all rows.
+    h: Vec<T>,
+    r1: Vec<T>,
+    /// Rotated queries (query side), rotated keys and values (all rows).
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    /// Residual after attention, RMS factor and MLP projections (query side).
+    hmid: Vec<T>,
+    r2: Vec<T>,
+    g: Vec<T>,
+    u: Vec<T>,
+}
+
+struct Dims {
+    d: usize,
+    qw: usize,
+    kw: usize,
+    im: usize,
+    heads: Heads,
+    eps: f64,
+}
+
+impl Dims {
+    fn new(c: &LlamaConfig) -> Dims {
+        let hd = c.head_dim();
+        Dims {
+            d: c.hidden_size,
+            qw: c.num_attention_heads * hd,
+            kw: c.num_key_value_heads * hd,
+            im: c.intermediate_size,
+            heads: Heads {
+                q: c.num_attention_heads,
+                kv: c.num_key_value_heads,
+                dim: hd,
+            },
+            eps: c.rms_norm_eps,
+        }
+    }
+}
+
+/// One layer forward on all rows `h`; returns the output on the query side and what the
+/// backward needs.
+fn layer_forward<T: Real>(
+    w: &LayerWeights<'_, T>,
+    dm: &Dims,
+    h: Vec<T>,
+    b: &Packed,
+    qs: &QuerySide,
+    rope_t: &RopeTable<T>,
+) -> (Vec<T>, Saved<T>) {
+    let n = b.rows();
+    let (d, qw, kw, im, hd) = (dm.d, dm.qw, dm.kw, dm.im, dm.heads.dim);
+    let mut x = zeros::<T>(n * d);
+    let mut r1 = zeros::<T>(n);
+    rms_norm(&h, w.input_norm, dm.eps, &mut x, &mut r1);
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    linear(&mut x, &w.k, kw, d, &mut k, false);
+    linear(&mut x, &w.v, kw, d, &mut v, false);
+    rope(&mut k, hd, kw, &b.pos, &rope_t.cos, &rope_t.sin, false);
+    let mut xq = match &qs.rows {
+        None => x,
+        Some(rows) => gather_rows(&x, d, rows),
+    };
+    let nq = xq.len() / d;
+    let mut q = Vec::new();
+    linear(&mut xq, &w.q, qw, d, &mut q, false);
+    drop(xq);
+    rope(&mut q, hd, qw, &qs.pos, &rope_t.cos, &rope_t.sin, false);
+    let mut y = zeros::<T>(nq * qw);
+    attention_forward(&q, &k, &v, &mut y, &qs.seqs, dm.heads);
+    let mut hmid = match &qs.rows {
+        None => h.clone(),
+        Some(rows) => gather_rows(&h, d, rows),
+    };
+    linear(&mut y, &w.o, d, qw, &mut hmid, true);
+    drop(y);
+    let mut x2 = zeros::<T>(nq * d);
+    let mut r2 = zeros::<T>(nq);
+    rms_norm(&hmid, w.post_norm, dm.eps, &mut x2, &mut r2);
+    let (mut g, mut u) = (Vec::new(), Vec::new());
+    linear(&mut x2, &w.gate, im, d, &mut g, false);
+    linear(&mut x2, &w.up, im, d, &mut u, false);
+    drop(x2);
+    let mut a = zeros::<T>(nq * im);
+    swiglu(&g, &u, &mut a);
+    let mut out = hmid.clone();
+    linear(&mut a, &w.down, d, im, &mut out, true);
+    (
+        out,
+        Saved {
+            h,
+            r1,
+            q,
+            k,
+            v,
+            hmid,
+            r2,
+            g,
+            u,
+        },
+    )
+}
+
+/// One layer backward: from `dout` (query side), accumulates the weight gradients asked
+/// for in `grads` and returns the gradient with respect to the layer input (all rows)
+/// when `need_input`.
+#[allow(clippy::too_many_arguments)]
+fn layer_backward<T: Real>(
+    w: &LayerWeights<'_, T>,
+    dm: &Dims,
+    s: Saved<T>,
+    mut dout: Vec<T>,
+    b: &Packed,
+    qs: &QuerySide,
+    rope_t: &RopeTable<T>,
+    grads: &[Option<Mutex<Acc<T>>>; 7],
+    party: usize,
+    need_input: bool,
+) -> Option<Vec<T>> {
+    let n = b.rows();
+    let (d, qw, kw, im, hd) = (dm.d, dm.qw, dm.kw, dm.im, dm.heads.dim);
+    let nq = s.hmid.len() / d;
+    let Saved {
+        h,
+        r1,
+        q,
+        k,
+        v,
+        hmid,
+        r2,
+        mut g,
+        mut u,
+    } = s;
+    let [gq, gk, gv, go, ggate, gup, gdown] = grads;
+
+    // MLP.
+    let mut x2 = zeros::<T>(nq * d);
+    rms_norm_apply(&hmid, w.post_norm, &r2, &mut x2);
+    let mut a = zeros::<T>(nq * im);
+    if let Some(dw) = gdown {
+        swiglu(&g, &u, &mut a);
+        linear_dw(&mut dout, &mut a, d, im, dw, party);
+    }
+    linear_dx(&mut dout, &w.down, d, im, &mut a, false);
+    swiglu_backward(&mut g, &mut u, &a);
+    drop(a);
+    if let Some(dw) = ggate {
+        linear_dw(&mut g, &mut x2, im, d, dw, party);
+    }
+    if let Some(dw) = gup {
+        linear_dw(&mut u, &mut x2, im, d, dw, party);
+    }
+    // dx2 = dg·Wg + du·Wu
+    let mut dx2 = Vec::new();
+    linear_dx(&mut g, &w.gate, im, d, &mut dx2, false);
+    linear_dx(&mut u, &w.up, im, d, &mut dx2, true);
+    drop((g, u, x2));
+    let mut dhmid = dout;
+    rms_norm_backward(&hmid, w.post_norm, &r2, &dx2, &mut dhmid, true);
+    drop((dx2, hmid, r2));
+
+    // Attention.
+    let mut dy = Vec::new();
+    linear_dx(&mut dhmid, &w.o, d, qw, &mut dy, false);
+    let mut dq = zeros::<T>(nq * qw);
+    let mut dk = zeros::<T>(n * kw);
+    let mut dv = zeros::<T>(n * kw);
+    let mut y = go.as_ref().map(|_| zeros::<T>(nq * qw));
+    attention_backward(
+        &q,
+        &k,
+        &v,
+        &dy,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        y.as_deref_mut(),
+        &qs.seqs,
+        dm.heads,
+    );
+    drop((q, k, v, dy));
+    if let (Some(dw), Some(mut y)) = (go, y) {
+        linear_dw(&mut dhmid, &mut y, d, qw, dw, party);
+    }
+    rope(&mut dq, hd, qw, &qs.pos, &rope_t.cos, &rope_t.sin, true);
+    rope(&mut dk, hd, kw, &b.pos, &rope_t.cos, &rope_t.sin, true);
+    let mut x1 = zeros::<T>(n * d);
+    rms_norm_apply(&h, w.input_norm, &r1, &mut x1);
+    let mut x1q = match &qs.rows {
+        Some(rows) if gq.is_some() => Some(gather_rows(&x1, d, rows)),
+        _ => None,
+    };
+    if let Some(dw) = gq {
+        match x1q.as_mut() {
+            Some(x1q) => linear_dw(&mut dq, x1q, qw, d, dw, party),
+            None => linear_dw(&mut dq, &mut x1, qw, d, dw, party),
+        }
+    }
+    drop(x1q);
+    if let Some(dw) = gk {
+        linear_dw(&mut dk, &mut x1, kw, d, dw, party);
+    }
+    if let Some(dw) = gv {
+        linear_dw(&mut dv, &mut x1, kw, d, dw, party);
+    }
+    drop(x1);
+    if !need_input {
+        return None;
+    }
+    // dx1 = dk·Wk + dv·Wv + dq·Wq (query rows)
+    let mut dx1 = Vec::new();
+    linear_dx(&mut dk, &w.k, kw, d, &mut dx1, false);
+    linear_dx(&mut dv, &w.v, kw, d, &mut dx1, true);
+    let mut dh = match &qs.rows {
+        None => {
+            linear_dx(&mut dq, &w.q, qw, d, &mut dx1, true);
+            dhmid
+        }
+        Some(rows) => {
+            let mut part = Vec::new();
+            linear_dx(&mut dq, &w.q, qw, d, &mut part, false);
+            scatter_add_rows(&part, d, rows, &mut dx1);
+            let mut dh = zeros::<T>(n * d);
+            scatter_add_rows(&dhmid, d, rows, &mut dh);
+            dh
+        }
+    };
+    rms_norm_backward(&h, w.input_norm, &r1, &dx1, &mut dh, true);
+    Some(dh)
+}
+
+/// Rows per block of the LM head (bounds the logits buffer).
+const HEAD_BLOCK: usize = 64;
+
+/// The final norm, LM head and NLL at the target rows of `hq` (query side of the last
+/// layer). Returns `−scale · Σ log p(target)` and, when `grad`, dL/dhq.
+fn head<T: Real>(
+    m: &ModelWeights<'_, T>,
+    dm: &Dims,
+    hq: &[T],
+    targets: &[(usize, u32)],
+    scale: f64,
+    grad: bool,
+) -> (f64, Option<Vec<T>>) {
+    let (d, vocab) = (dm.d, m.config.vocab_size);
+    let mut dh = grad.then(|| zeros::<T>(hq.len()));
+    let mut loss = 0f64;
+    for block in targets.chunks(HEAD_BLOCK) {
+        let rows: Vec<usize> = block.iter().map(|t| t.0).collect();
+        let hf = gather_rows(hq, d, &rows);
+        let nt = rows.len();
+        let mut xf = zeros::<T>(nt * d);
+        let mut rf = zeros::<T>(nt);
+        rms_norm(&hf, m.norm, dm.eps, &mut xf, &mut rf);
+        let mut logits = Vec::new();
+        linear(&mut xf, &m.lm_head, vocab, d, &mut logits, false);
+        let lps: Vec<T> = logits
+            .par_chunks_mut(vocab)
+            .zip(block.par_iter())
+            .map(|(row, &(_, tok))| log_softmax_nll_grad(row, tok as usize, T::lit(scale)))
+            .collect();
+        loss -= scale * lps.iter().map(|v| v.to_f64()).sum::<f64>();
+        if let Some(dh) = dh.as_mut() {
+            let mut dxf = Vec::new();
+            linear_dx(&mut logits, &m.lm_head, vocab, d, &mut dxf, false);
+            let mut dhf = zeros::<T>(nt * d);
+            rms_norm_backward(&hf, m.norm, &rf, &dxf, &mut dhf, false);
+            scatter_add_rows(&dhf, d, &rows, dh);
+        }
+    }
+    (loss, dh)
+}
+
+fn check_batch<T: Real>(m: &ModelWeights<'_, T>, b: &Packed) -> Result<(), ModelError> {
+    if let Some(t) = b
+        .tokens
+        .iter()
+        .find(|&&t| t as usize >= m.config.vocab_size)
+    {
+        return Err(ModelError::Input(format!(
+            "token id {t} is outside the vocabulary ({})",
+            m.config.vocab_size
+        )));
+    }
+    if let Some(&(_, t)) = b
+        .targets
+        .iter()
+        .find(|t| t.1 as usize >= m.config.vocab_size)
+    {
+        return Err(ModelError::Input(format!(
+            "target token {t} is outside the vocabulary"
+        )));
+    }
+    let c = &m.config;
+    if c.num_key_value_heads == 0
+        || !c.num_attention_heads.is_multiple_of(c.num_key_value_heads)
+        || !c.head_dim().is_multiple_of(2)
+    {
+        return Err(ModelError::Input("unsupported head configuration".into()));
+    }
+    Ok(())
+}
+
+/// `−scale · Σ log p(target)` over the batch, and, for the buffers present in `grads`
+/// (with this batch's party number in the round, 0 when batches run one at a time),
+/// its gradient added to them.
+pub fn loss_and_grad<T: Real>(
+    m: &ModelWeights<'_, T>,
+    b: &Packed,
+    scale: f64,
+    rope_t: &RopeTable<T>,
+    grads: Option<(&GradBuffers<T>, usize)>,
+) -> Result<f64, ModelError> {
+    check_batch(m, b)?;
+    if b.targets.is_empty() {
+        return Ok(0.0);
+    }
+    let dm = Dims::new(&m.config);
+    let n = b.rows();
+    let nl = m.layers.len();
+    let lowest = grads.as_ref().and_then(|g| g.0.lowest());
+    let mut h = gather_rows(
+        m.embed.data,
+        dm.d,
+        &b.tokens.iter().map(|&t| t as usize).collect::<Vec<_>>(),
+    );
+    debug_assert_eq!(h.len(), n * dm.d);
+    let all = QuerySide::all(b);
+    let last = QuerySide::from_first_target(b);
+    let mut saved = Vec::new();
+    for (l, w) in m.layers.iter().enumerate() {
+        let qs = if l + 1 == nl { &last } else { &all };
+        let (out, s) = layer_forward(w, &dm, h, b, qs, rope_t);
+        if lowest.is_some_and(|lo| l >= lo) {
+            saved.push(s);
+        }
+        h = out;
+    }
+    let targets: Vec<(usize, u32)> = b
+        .targets
+        .iter()
+        .map(|&(r, t)| (last.index_of(r), t))
+        .collect();
+    let (loss, dh) = head(m, &dm, &h, &targets, scale, lowest.is_some());
+    drop(h);
+    let (Some(lo), Some(mut dh), Some((grads, party))) = (lowest, dh, grads) else {
+        return Ok(loss);
+    };
+    for l in (lo..nl).rev() {
+        let s = saved.pop().expect("saved activations per layer");
+        let qs = if l + 1 == nl { &last } else { &all };
+        match layer_backward(
+            &m.layers[l],
+            &dm,
+            s,
+            dh,
+            b,
+            qs,
+            rope_t,
+            &grads.layers[l],
+            party,
+            l > lo,
+        ) {
+            Some(next) => dh = next,
+            None => break,
+        }
+    }
+    Ok(loss)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::llama::{Batch, Llama, Padding, Target};
+    use crate::model::ops::kernels::tests::rand_vec;
+    use candle_core::{DType, Var};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    /// A small random llama (2 layers, GQA 4/2, head_dim 8) in `dtype`.
+    pub(crate) fn tiny_weights(dtype: DType, layers: usize) -> Weights {
+        let c = LlamaConfig {
+            vocab_size: 50,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: layers,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+            max_position_embeddings: 64,
+        };
+        let dev = Device::Cpu;
+        let mut tensors = BTreeMap::new();
+        let mut seed = 100;
+        let mut t = |shape: &[usize], sd: f64, mean: f64| {
+            seed += 1;
+            let n = shape.iter().product();
+            let v: Vec<f64> = rand_vec(n, seed).iter().map(|x| mean + sd * x).collect();
+            Tensor::from_vec(v, shape, &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        tensors.insert("model.embed_tokens.weight".into(), t(&[50, 32], 1.0, 0.0));
+        tensors.insert("model.norm.weight".into(), t(&[32], 0.2, 1.0));
+        for l in 0..layers {
+            let p = format!("model.layers.{l}");
+            tensors.insert(format!("{p}.input_layernorm.weight"), t(&[32], 0.2, 1.0));
+            tensors.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                t(&[32], 0.2, 1.0),
+            );
+            for kind in MatrixKind::ALL {
+                let (r, cc) = matrix_shape(&c, kind);
+                tensors.insert(
+                    MatrixId::new(l, kind).hf_name(),
+                    t(&[r, cc], 0.3 / (cc as f64).sqrt() * 3.0, 0.0),
+                );
+            }
+        }
+        Weights {
+            config: c,
+            tensors,
+            source: PathBuf::from("tiny"),
+        }
+    }
+
+    fn items() -> Vec<(Vec<u32>, Vec<(usize, u32)>)> {
+        vec![
+            (vec![3, 17, 4, 9, 22, 1, 8], vec![(4, 1), (5, 8), (6, 30)]),
+            (vec![5, 2], vec![(1, 7)]),
+            (
+                vec![40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 11],
+                vec![(2, 44), (9, 11)],
+            ),
+        ]
+    }
+
+    /// The same loss and gradients with candle's autograd through `Llama`.
+    fn reference(
+        w: &Weights,
+        items: &[(Vec<u32>, Vec<(usize, u32)>)],
+        scale: f64,
+    ) -> (f64, BTreeMap<MatrixId, Tensor>) {
+        let ids = w.matrix_ids();
+        let vars: BTreeMap<MatrixId, Var> = ids
+            .iter()
+            .map(|id| (*id, Var::from_tensor(w.matrix(*id).unwrap()).unwrap()))
+            .collect();
+        let replace = vars
+            .iter()
+            .map(|(id, v)| (*id, v.as_tensor().clone()))
+            .collect();
+        let model = Llama::with_matrices(w, &replace).unwrap();
+        let seqs: Vec<Vec<u32>> = items.iter().map(|i| i.0.clone()).collect();
+        let batch = Batch::new(&seqs, Padding::Right, 0, &Device::Cpu).unwrap();
+        let mut targets = Vec::new();
+        for (row, (_, ts)) in items.iter().enumerate() {
+            for &(at, token) in ts {
+                targets.push(Target {
+                    flat_pos: batch.flat_index(row, at),
+                    token,
+                });
+            }
+        }
+        let h = model.hidden(&batch).unwrap();
+        let lp = model.answer_log_probs(&h, &targets).unwrap();
+        let loss = (lp.sum_all().unwrap().neg().unwrap() * scale).unwrap();
+        let g = loss.backward().unwrap();
+        let l = loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let grads = vars
+            .iter()
+            .map(|(id, v)| (*id, g.get(v.as_tensor()).unwrap().clone()))
+            .collect();
+        (l, grads)
+    }
+
+    fn compare<T: Real>(tol: f64, layers: usize) {
+        let w = tiny_weights(T::DTYPE, layers);
+        let items = items();
+        let (want_loss, want) = reference(&w, &items, 0.5);
+        let b = Packed::new(&items).unwrap();
+        let ids = w.matrix_ids();
+        let grads = GradBuffers::<T>::new(&w.config, &ids);
+        let rope_t = RopeTable::new(&w.config, 16);
+        let loss = with_weights::<T, _>(&w, |m| {
+            loss_and_grad(m, &b, 0.5, &rope_t, Some((&grads, 0))).unwrap()
+        })
+        .unwrap();
+        assert!(
+            (loss - want_loss).abs() < tol * want_loss.abs(),
+            "loss {loss} vs {want_loss}"
+        );
+        let forward_only =
+            with_weights::<T, _>(&w, |m| loss_and_grad(m, &b, 0.5, &rope_t, None).unwrap())
+                .unwrap();
+        assert_eq!(forward_only, loss);
+        for (id, got) in grads.into_tensors(&w.config).unwrap() {
+            let got: Vec<f64> = got
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let exp: Vec<f64> = want[&id]
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            crate::model::ops::kernels::tests::close(&got, &exp, tol, &id.hf_name());
+        }
+    }
+
+    #[test]
+    fn pass_matches_autograd_f64() {
+        compare::<f64>(1e-10, 3);
+    }
+
+    #[test]
+    fn pass_matches_autograd_f32() {
+        compare::<f32>(2e-4, 3);
+    }
+
+    #[test]
+    fn parties_add_in_order_whatever_order_they_arrive_in() {
+        let w = tiny_weights(DType::F32, 1);
+        let id = MatrixId::new(0, MatrixKind::V);
+        let (r, c) = matrix_shape(&w.config, MatrixKind::V);
+        let n = 5;
+        // Three contributions whose float sum depends on the order.
+        let dys: Vec<Vec<f32>> = (0..3)
+            .map(|p| {
+                rand_vec(n * r, 40 + p)
+                    .iter()
+                    .map(|v| (*v * 10f64.powi(p as i32 * 3)) as f32)
+                    .collect()
+            })
+            .collect();
+        let x: Vec<f32> = rand_vec(n * c, 50).iter().map(|v| *v as f32).collect();
+        let run = |order: &[usize]| {
+            let mut bufs = GradBuffers::<f32>::new(&w.config, &[id]);
+            for &p in order {
+                let (mut dy, mut xx) = (dys[p].clone(), x.clone());
+                let acc = bufs.layers[0][kind_index(MatrixKind::V)].as_ref().unwrap();
+                linear_dw(&mut dy, &mut xx, r, c, acc, p);
+            }
+            bufs.end_round();
+            bufs.into_tensors(&w.config).unwrap()[0]
+                .1
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let want = run(&[0, 1, 2]);
+        for order in [[2, 1, 0], [1, 0, 2], [2, 0, 1], [0, 2, 1]] {
+            assert_eq!(run(&order), want, "{order:?}");
+        }
+    }
+
+    #[test]
+    fn a_subset_of_matrices_gets_the_same_gradients() {
+        let w = tiny_weights(DType::F64, 3);
+        let b = Packed::new(&items()).unwrap();
+        let rope_t = RopeTable::new(&w.config, 16);
+        let all_ids = w.matrix_ids();
+        let some = vec![
+            MatrixId::new(1, MatrixKind::V),
+            MatrixId::new(2, MatrixKind::Q),
+            MatrixId::new(2, MatrixKind::Down),
+        ];
+        let all = GradBuffers::<f64>::new(&w.config, &all_ids);
+        let sub = GradBuffers::<f64>::new(&w.config, &some);
+        with_weights::<f64, _>(&w, |m| {
+            loss_and_grad(m, &b, 1.0, &rope_t, Some((&all, 0))).unwrap();
+            loss_and_grad(m, &b, 1.0, &rope_t, Some((&sub, 0))).unwrap();
+        })
+        .unwrap();
+        let all: BTreeMap<_, _> = all.into_tensors(&w.config).unwrap().into_iter().collect();
+        let sub = sub.into_tensors(&w.config).unwrap();
+        assert_eq!(sub.len(), 3);
+        for (id, t) in sub {
+            let d = crate::model::llama::max_abs_diff(&t, &all[&id]).unwrap();
+            assert!(d < 1e-14, "{}: {d}", id.hf_name());
+        }
+    }
+}
