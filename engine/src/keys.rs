@@ -14,7 +14,8 @@ use c2i_stages::model::MatrixId;
 
 use crate::EngineError;
 
-pub const GRADIENTS: (&str, &str) = ("gradients", "1");
+/// 2: the hand-written CPU forward/backward (`stages::model::ops`) replaced candle autograd.
+pub const GRADIENTS: (&str, &str) = ("gradients", "2");
 pub const FACTORS: (&str, &str) = ("factors", "1");
 pub const SV_GRADS: (&str, &str) = ("sv-grads", "1");
 pub const EVALUATE: (&str, &str) = ("evaluate", "1");
