@@ -346,6 +346,7 @@ impl Gradients {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ops::test_flat as flat;
 
     #[test]
     fn micro_batches_cover_every_sample_once_sorted_by_length() {
@@ -368,15 +369,6 @@ mod tests {
                 answer: (0..1 + i % 3).map(|j| (i * 11 + j * 5 + 1) % 50).collect(),
             })
             .collect()
-    }
-
-    fn flat(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
     }
 
     #[test]

@@ -265,16 +265,8 @@ pub fn attention_backward<T: Real>(
 mod tests {
     use super::*;
     use crate::model::ops::kernels::tests::{close, rand_vec};
-    use candle_core::{DType, Device, Tensor, Var, D};
-
-    fn flat(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
+    use crate::model::ops::test_flat as flat;
+    use candle_core::{Device, Tensor, Var, D};
 
     /// The plain-op attention of one sequence, as `llama.rs` computes it: q (1, nh, t,
     /// hd), k and v (1, nkv, t, hd), returns (1, nh, t, hd).

@@ -242,7 +242,8 @@ pub fn log_softmax_nll_grad<T: Real>(row: &mut [T], target: usize, scale: T) -> 
 pub(crate) mod tests {
     use super::*;
     use crate::model::llama;
-    use candle_core::{DType, Device, Tensor, Var, D};
+    use crate::model::ops::test_flat as flat;
+    use candle_core::{Device, Tensor, Var, D};
 
     pub(crate) fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
         // A small LCG: deterministic values in [-1, 1).
@@ -267,15 +268,6 @@ pub(crate) mod tests {
             worst <= tol * scale,
             "{what}: max diff {worst} (scale {scale})"
         );
-    }
-
-    fn flat(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
     }
 
     fn to_t<T: Real>(v: &[f64]) -> Vec<T> {

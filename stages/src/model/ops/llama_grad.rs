@@ -935,7 +935,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn items() -> Vec<(Vec<u32>, Vec<(usize, u32)>)> {
+    fn items() -> Vec<PackedItem> {
         vec![
             (vec![3, 17, 4, 9, 22, 1, 8], vec![(4, 1), (5, 8), (6, 30)]),
             (vec![5, 2], vec![(1, 7)]),
@@ -949,7 +949,7 @@ pub(crate) mod tests {
     /// The same loss and gradients with candle's autograd through `Llama`.
     fn reference(
         w: &Weights,
-        items: &[(Vec<u32>, Vec<(usize, u32)>)],
+        items: &[PackedItem],
         scale: f64,
     ) -> (f64, BTreeMap<MatrixId, Tensor>) {
         let ids = w.matrix_ids();

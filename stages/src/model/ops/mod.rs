@@ -23,3 +23,14 @@ pub mod llama_grad;
 pub mod real;
 
 pub use real::Real;
+
+/// A tensor's values as f64, flattened (tests compare kernels with candle through it).
+#[cfg(test)]
+pub(crate) fn test_flat(t: &candle_core::Tensor) -> Vec<f64> {
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
