@@ -157,6 +157,26 @@ impl CacheError {
         }
     }
 
+    /// True when this says stored bytes are damaged (a blob that fails its hash or
+    /// size, an entry that fails its checks), as opposed to a failure to read them.
+    /// [`crate::Store::pull`] returns these for a damaged remote object.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            CacheError::CorruptBlob { .. }
+                | CacheError::BlobSize { .. }
+                | CacheError::CorruptEntry { .. }
+        )
+    }
+
+    /// The blob a [`CacheError::CorruptBlob`] names.
+    pub fn corrupt_blob(&self) -> Option<Digest> {
+        match self {
+            CacheError::CorruptBlob { expected, .. } => Some(*expected),
+            _ => None,
+        }
+    }
+
     /// True when this is an I/O error saying the file does not exist.
     pub fn is_not_found(&self) -> bool {
         match self {

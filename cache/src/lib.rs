@@ -76,8 +76,14 @@
 //!
 //! # Remotes
 //!
-//! [`RemoteBackend`] is the hook for a shared directory or an object store; see
-//! [`Store::push`] and [`Store::pull`]. No remote backend is implemented yet.
+//! [`RemoteBackend`] moves objects to and from a remote holding the same two tables
+//! under the same names; [`ObjectStoreRemote`] implements it with `object_store` for a
+//! shared directory or S3. [`Store::push`] sends blobs before the entry that names
+//! them; [`Store::pull`] rehashes every blob while writing it and checks the entry, so
+//! a damaged or poisoned remote object is rejected, never placed. Writes to a remote
+//! are create-only (first writer wins), except that a remote blob found damaged is
+//! overwritten with local bytes verified against its name
+//! ([`Store::repair_remote_blob`]). gc never touches a remote.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -89,6 +95,7 @@ mod fsutil;
 mod gc;
 mod hash;
 mod key;
+mod objstore;
 mod remote;
 mod statcache;
 mod store;
@@ -102,7 +109,10 @@ pub use hash::{Digest, Key};
 pub use key::{
     canonical_json, closest, diff_parts, Closest, KeyBuilder, KeyParts, PartChange, KEY_CONTEXT,
 };
-pub use remote::{object_name, ObjectKind, PushReport, RemoteBackend};
+pub use objstore::{ObjectStoreRemote, RemoteOptions, RemoteUrl, REMOTE_URL_FORMS};
+pub use remote::{
+    object_name, ObjectKind, PullAllReport, PushAllReport, PushReport, Rejected, RemoteBackend,
+};
 pub use statcache::{FileDigest, StatCache, RACY_WINDOW};
 pub use store::{EntrySummary, Listing, Lookup, MissReason, Store, UnreadableEntry, LAYOUT};
 pub use verify::{BadBlob, BadEntry, BlobProblem, EntryProblem, VerifyReport};

@@ -646,7 +646,21 @@ impl RemoteBackend for MemRemote {
             .get(&c2i_cache::object_name(kind, id))
             .map(|v| v.len() as u64))
     }
-    fn upload(&self, kind: ObjectKind, id: &[u8; 32], src: &Path) -> c2i_cache::Result<()> {
+    fn upload(&self, kind: ObjectKind, id: &[u8; 32], src: &Path) -> c2i_cache::Result<bool> {
+        let bytes = fs::read(src).map_err(|e| CacheError::Remote {
+            backend: self.describe(),
+            op: "read".into(),
+            reason: e.to_string(),
+        })?;
+        let mut objects = self.objects.lock().expect("lock");
+        let name = c2i_cache::object_name(kind, id);
+        if objects.contains_key(&name) {
+            return Ok(false);
+        }
+        objects.insert(name, bytes);
+        Ok(true)
+    }
+    fn replace(&self, kind: ObjectKind, id: &[u8; 32], src: &Path) -> c2i_cache::Result<()> {
         let bytes = fs::read(src).map_err(|e| CacheError::Remote {
             backend: self.describe(),
             op: "read".into(),
@@ -655,6 +669,9 @@ impl RemoteBackend for MemRemote {
         let mut objects = self.objects.lock().expect("lock");
         objects.insert(c2i_cache::object_name(kind, id), bytes);
         Ok(())
+    }
+    fn list(&self, _kind: ObjectKind) -> c2i_cache::Result<Vec<[u8; 32]>> {
+        Ok(Vec::new())
     }
     fn download(
         &self,

@@ -3,7 +3,9 @@
 //! stage instances ran and how.
 
 use crate::EngineError;
-use c2i_cache::{ActionEntry, BlobRef, Digest, KeyParts, Lookup, StatCache, Store};
+use c2i_cache::{
+    ActionEntry, BlobRef, Digest, KeyParts, Lookup, MissReason, RemoteBackend, StatCache, Store,
+};
 use c2i_stages::data::{self, Example, Task};
 use c2i_stages::model::{LoadedModel, Weights};
 use serde::Serialize;
@@ -23,6 +25,86 @@ pub enum Outcome {
     Computed,
     /// Reused from this process's memory (an earlier variant of a sweep).
     Memo,
+    /// Missing locally, fetched from the remote cache (every blob rehashed).
+    Pulled,
+    /// The remote had it, but a blob failed its hash or size (or the entry its
+    /// checks): rejected, and computed here instead.
+    #[serde(rename = "remote-rejected")]
+    RemoteRejected,
+}
+
+impl Outcome {
+    /// The name used in run.json and on the console.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Computed => "computed",
+            Outcome::Memo => "memo",
+            Outcome::Pulled => "pulled",
+            Outcome::RemoteRejected => "remote-rejected",
+        }
+    }
+}
+
+/// The remote cache of a run and what happened with it (run.json's `remote`).
+pub struct Remote {
+    backend: Box<dyn RemoteBackend>,
+    state: Mutex<RemoteSummary>,
+}
+
+/// What a run did with its remote cache.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RemoteSummary {
+    pub url: String,
+    /// `ok`, or why the remote was given up (the first failure to reach it; the run
+    /// then goes on with the local cache only).
+    pub status: String,
+    pub pulled_entries: u64,
+    pub pushed_entries: u64,
+    pub uploaded_blobs: u64,
+    pub uploaded_bytes: u64,
+    /// Remote blobs found damaged and overwritten with verified local bytes.
+    pub repaired_blobs: u64,
+    /// Stage instances whose remote copy was rejected, with the reason.
+    pub rejected: Vec<String>,
+}
+
+impl Remote {
+    pub fn new(backend: Box<dyn RemoteBackend>) -> Remote {
+        let url = backend.describe();
+        Remote {
+            backend,
+            state: Mutex::new(RemoteSummary {
+                url,
+                status: "ok".into(),
+                ..RemoteSummary::default()
+            }),
+        }
+    }
+
+    fn up(&self) -> bool {
+        self.state.lock().map(|s| s.status == "ok").unwrap_or(false)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RemoteSummary)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Stops using the remote for the rest of the run, with one warning.
+    fn give_up(&self, e: &c2i_cache::CacheError) {
+        let url = self.backend.describe();
+        tracing::warn!(
+            "remote cache {url} failed: {e}; going on with the local cache only \
+             (nothing more is pulled from or pushed to it in this run)"
+        );
+        self.update(|s| s.status = format!("unreachable: {e}"));
+    }
+
+    pub fn summary(&self) -> RemoteSummary {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 /// One line of `run.json`: a stage instance, its key, how it was satisfied, how long.
@@ -34,6 +116,9 @@ pub struct StageRecord {
     pub key: String,
     pub outcome: Outcome,
     pub seconds: f64,
+    /// Why a remote copy was rejected, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Progress callbacks for long stages (the CLI shows bars; tests pass nothing).
@@ -57,6 +142,7 @@ pub struct Ctx {
     log: Mutex<Vec<StageRecord>>,
     prefix_layers: Mutex<Vec<usize>>,
     pub progress: Box<dyn Progress>,
+    remote: Option<Remote>,
 }
 
 impl Ctx {
@@ -70,7 +156,23 @@ impl Ctx {
             log: Mutex::new(Vec::new()),
             prefix_layers: Mutex::new(Vec::new()),
             progress,
+            remote: None,
         })
+    }
+
+    /// Reads through and writes back to `remote` (see [`Ctx::get_or_compute`]).
+    pub fn with_remote(mut self, remote: Option<Box<dyn RemoteBackend>>) -> Ctx {
+        self.remote = remote.map(Remote::new);
+        self
+    }
+
+    /// What the run did with its remote, if it has one.
+    pub fn remote_summary(&self) -> Option<RemoteSummary> {
+        self.remote.as_ref().map(Remote::summary)
+    }
+
+    fn live_remote(&self) -> Option<&Remote> {
+        self.remote.as_ref().filter(|r| r.up())
     }
 
     /// BLAKE3 of a file (or of every file of a directory, in name order), through the
@@ -149,8 +251,11 @@ impl Ctx {
         })
     }
 
-    /// Looks `parts` up on disk, or computes the outputs with `compute`, stores them and
-    /// the entry, and logs the outcome. `compute` returns named output bytes and metadata.
+    /// Looks `parts` up on disk; on a miss pulls it from the remote cache if there is
+    /// one (every blob rehashed; a damaged remote copy is rejected with a warning and
+    /// recomputed), else computes the outputs with `compute`, stores them and the
+    /// entry, and pushes them to the remote. Logs the outcome. A remote that cannot be
+    /// reached is given up for the rest of the run with one warning; the run goes on.
     pub fn get_or_compute(
         &self,
         parts: &KeyParts,
@@ -159,39 +264,118 @@ impl Ctx {
     ) -> Result<ActionEntry, EngineError> {
         let key = parts.key();
         let started = Instant::now();
-        match self.store.lookup(&key)? {
+        let reason = match self.store.lookup(&key)? {
             Lookup::Hit(entry) => {
-                self.record(&parts.stage, instance, &key.to_hex(), Outcome::Hit, started);
-                Ok(entry)
+                self.record(parts, instance, Outcome::Hit, None, started);
+                return Ok(entry);
             }
-            Lookup::Miss(reason) => {
-                tracing::debug!(stage = %parts.stage, instance, ?reason, "cache miss");
-                let (outputs, metadata) = compute()?;
-                let mut refs: BTreeMap<String, BlobRef> = BTreeMap::new();
-                for (name, bytes) in outputs {
-                    refs.insert(name, self.store.put_bytes(&bytes)?);
+            Lookup::Miss(reason) => reason,
+        };
+        tracing::debug!(stage = %parts.stage, instance, ?reason, "cache miss");
+        let mut outcome = Outcome::Computed;
+        let mut note = None;
+        let mut bad_blob = None;
+        if let Some(r) = self.live_remote() {
+            match self.store.pull(&key, r.backend.as_ref()) {
+                Ok(Lookup::Hit(entry)) => {
+                    r.update(|s| s.pulled_entries += 1);
+                    self.record(parts, instance, Outcome::Pulled, None, started);
+                    return Ok(entry);
                 }
-                let entry = self.store.put_entry(parts, refs, metadata)?;
-                self.record(
-                    &parts.stage,
-                    instance,
-                    &key.to_hex(),
-                    Outcome::Computed,
-                    started,
-                );
-                Ok(entry)
+                Ok(Lookup::Miss(MissReason::NoEntry)) => {}
+                Ok(Lookup::Miss(why)) => {
+                    tracing::warn!(
+                        "remote cache {}: {} {instance} is incomplete there ({why}); computing it",
+                        r.backend.describe(),
+                        parts.stage
+                    );
+                    note = Some(format!("incomplete on the remote: {why}"));
+                }
+                Err(e) if e.is_corruption() => {
+                    tracing::warn!(
+                        "remote cache {}: rejected {} {instance}: {e}; computing it here",
+                        r.backend.describe(),
+                        parts.stage
+                    );
+                    let text = e.to_string();
+                    r.update(|s| {
+                        s.rejected
+                            .push(format!("{} {instance} ({}): {text}", parts.stage, key))
+                    });
+                    outcome = Outcome::RemoteRejected;
+                    note = Some(text);
+                    bad_blob = e.corrupt_blob();
+                }
+                Err(e) => r.give_up(&e),
             }
+        }
+        let (outputs, metadata) = compute()?;
+        let mut refs: BTreeMap<String, BlobRef> = BTreeMap::new();
+        for (name, bytes) in outputs {
+            refs.insert(name, self.store.put_bytes(&bytes)?);
+        }
+        let entry = self.store.put_entry(parts, refs, metadata)?;
+        if let Some(r) = self.live_remote() {
+            self.push(r, &entry, bad_blob);
+        }
+        self.record(parts, instance, outcome, note, started);
+        Ok(entry)
+    }
+
+    /// Writes a computed entry back to the remote (blobs first). `bad_blob`: a blob
+    /// whose remote copy failed its hash on the way in; if this entry has the same
+    /// blob (the stage is deterministic), the damaged remote copy is overwritten.
+    fn push(&self, r: &Remote, entry: &ActionEntry, bad_blob: Option<Digest>) {
+        let backend = r.backend.as_ref();
+        match self.store.push(&entry.key, backend) {
+            Ok(rep) => r.update(|s| {
+                s.pushed_entries += u64::from(rep.entry_uploaded);
+                s.uploaded_blobs += rep.uploaded_blobs.len() as u64;
+                s.uploaded_bytes += rep.uploaded_bytes;
+                s.repaired_blobs += rep.repaired_blobs.len() as u64;
+            }),
+            Err(e) if e.is_corruption() => {
+                tracing::warn!("not pushing {}: {e}", entry.key);
+                return;
+            }
+            Err(e) => {
+                r.give_up(&e);
+                return;
+            }
+        }
+        let Some(d) = bad_blob else { return };
+        if !entry.outputs.values().any(|b| b.digest == d) {
+            tracing::warn!(
+                "remote cache {}: the damaged blob {} is not what this run computed, so it \
+                 stays there (other runs will reject it too)",
+                backend.describe(),
+                d.short()
+            );
+            return;
+        }
+        match self.store.repair_remote_blob(&d, backend) {
+            Ok(()) => r.update(|s| s.repaired_blobs += 1),
+            Err(e) if e.is_corruption() => tracing::warn!("cannot repair remote blob: {e}"),
+            Err(e) => r.give_up(&e),
         }
     }
 
-    fn record(&self, stage: &str, instance: &str, key: &str, outcome: Outcome, started: Instant) {
+    fn record(
+        &self,
+        parts: &KeyParts,
+        instance: &str,
+        outcome: Outcome,
+        note: Option<String>,
+        started: Instant,
+    ) {
         if let Ok(mut log) = self.log.lock() {
             log.push(StageRecord {
-                stage: stage.to_string(),
+                stage: parts.stage.clone(),
                 instance: instance.to_string(),
-                key: key.to_string(),
+                key: parts.key().to_hex(),
                 outcome,
                 seconds: started.elapsed().as_secs_f64(),
+                note,
             });
         }
     }

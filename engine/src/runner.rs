@@ -4,7 +4,7 @@
 //! The DAG (DESIGN.md): weights and data → gradients → factors(matrix, K) →
 //! sv-grads → scores(matrix, K, rho) → top-k → evaluate(candidate) → best → held-out.
 
-use crate::ctx::{Outcome, StageRecord};
+use crate::ctx::{RemoteSummary, StageRecord};
 use crate::db::{self, Candidate, Database, EngineDb, EvalReq, MatrixReq, Out, Rows, Setup};
 use crate::spec::{Pipeline, SearchMode, Select};
 use crate::stages::{spectra, BlockSpectrum};
@@ -107,6 +107,10 @@ pub struct RunResult {
     pub rows: BTreeMap<String, Vec<usize>>,
     /// The data file read.
     pub data: PathBuf,
+    /// What the run did with the remote cache (run.json only: it differs between
+    /// runs that found the same results).
+    #[serde(skip)]
+    pub remote: Option<RemoteSummary>,
 }
 
 impl RunResult {
@@ -114,11 +118,7 @@ impl RunResult {
     pub fn outcomes(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
         let mut m: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         for r in &self.stages {
-            let o = match r.outcome {
-                Outcome::Hit => "hit",
-                Outcome::Computed => "computed",
-                Outcome::Memo => "memo",
-            };
+            let o = r.outcome.name();
             *m.entry(r.stage.clone())
                 .or_default()
                 .entry(o.to_string())
@@ -324,9 +324,11 @@ pub fn run(
             ("heldout".to_string(), s.heldout(db).clone()),
         ]),
         data: s.data_path(db).clone(),
+        remote: None,
     };
     let finish = |mut result: RunResult, db: &Database| {
         result.stages = db.ctx().log_since(log_start);
+        result.remote = db.ctx().remote_summary();
         result.seconds = started.elapsed().as_secs_f64();
         Ok((s, result))
     };
@@ -475,7 +477,8 @@ pub fn run(
     finish(result, db)
 }
 
-/// Writes `run.json` (stage keys, outcomes, seconds, resolved parameters, versions).
+/// Writes `run.json` (stage keys, outcomes, seconds, resolved parameters, versions,
+/// and what was pulled from, pushed to or rejected from the remote cache).
 pub fn write_run_json(dir: &Path, r: &RunResult) -> Result<PathBuf, EngineError> {
     std::fs::create_dir_all(dir).map_err(|source| EngineError::Io {
         path: dir.to_path_buf(),
@@ -488,6 +491,7 @@ pub fn write_run_json(dir: &Path, r: &RunResult) -> Result<PathBuf, EngineError>
         "stages": r.stages,
         "outcomes": r.outcomes(),
         "seconds": r.seconds,
+        "remote": r.remote,
     });
     write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
     Ok(path)

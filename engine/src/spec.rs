@@ -231,6 +231,19 @@ pub struct CacheSpec {
     /// Default `$C2I_HOME/cache`; `--cache DIR` overrides.
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// A shared cache read on a local miss and written with what the run computed:
+    /// `s3://bucket/prefix`, `file:///abs/path` or an absolute path. The environment
+    /// variable `C2I_CACHE_REMOTE` wins over this (empty: no remote), and
+    /// `c2i run --remote` wins over both.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// S3 endpoint (`http://127.0.0.1:9000` for a local server); `AWS_ENDPOINT_URL`
+    /// wins over it.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Longest time one remote request may take, in seconds (default 300).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// A whole pipeline, as written in the file (after overrides and defaults).
@@ -469,6 +482,17 @@ impl Pipeline {
         if spec.run.micro_batch == 0 || spec.run.eval_batch == 0 {
             return Err(bad("run.micro_batch", "positive batch sizes"));
         }
+        if let Some(r) = &spec.cache.remote {
+            if let Err(e) = c2i_cache::RemoteUrl::parse(r) {
+                return Err(bad(
+                    "cache.remote",
+                    &format!("a remote cache location: {e}"),
+                ));
+            }
+        }
+        if spec.cache.timeout_secs == Some(0) {
+            return Err(bad("cache.timeout_secs", "a positive number of seconds"));
+        }
         if spec.data.path.is_none() && !spec.data.task.is_bigbench() {
             return Err(bad(
                 "data.path",
@@ -585,6 +609,8 @@ dir = "out/x"
             ("search.matrices=foo", "search.matrices"),
             ("search.score=bogus", "search.score"),
             ("search.layers=middle", "search.layers"),
+            ("cache.remote=relative/dir", "cache.remote"),
+            ("cache.remote=\"ftp://x/y\"", "cache.remote"),
         ] {
             let e = parse(MINIMAL, &[o]).unwrap_err().to_string();
             assert!(e.contains(field), "{o}: {e}");

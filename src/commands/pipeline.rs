@@ -3,6 +3,7 @@
 use super::Output;
 use crate::resources::{mib, peak_rss_bytes};
 use anyhow::{Context, Result};
+use c2i_cache::{ObjectStoreRemote, RemoteBackend, RemoteOptions};
 use c2i_engine::ctx::{Ctx, Progress, Silent};
 use c2i_engine::db::Database;
 use c2i_engine::runner::{run as run_pipeline, write_atomic, write_run_json, RunResult, Until};
@@ -25,6 +26,11 @@ pub struct RunArgs {
     /// Cache directory (default: [cache] dir of the pipeline, else $C2I_HOME/cache).
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// Remote cache to read through and write back to: s3://BUCKET/PREFIX,
+    /// file:///PATH or /PATH; "" for none. Wins over $C2I_CACHE_REMOTE, which wins
+    /// over the pipeline's [cache] remote.
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -96,7 +102,38 @@ impl Progress for Bars {
     }
 }
 
-fn database(dir: &Path, out: &Output) -> Result<Database> {
+/// The remote cache URL: --remote, else $C2I_CACHE_REMOTE, else the pipeline's
+/// [cache] remote; an empty value means none.
+pub fn remote_url(flag: Option<&str>, p: Option<&Pipeline>) -> Option<String> {
+    let chosen = match (flag, std::env::var("C2I_CACHE_REMOTE")) {
+        (Some(f), _) => Some(f.to_string()),
+        (None, Ok(env)) => Some(env),
+        (None, Err(_)) => p.and_then(|p| p.spec.cache.remote.clone()),
+    };
+    chosen.filter(|u| !u.trim().is_empty())
+}
+
+/// Opens a remote cache, with the endpoint and timeout of the pipeline's [cache]
+/// table when there is one.
+pub fn open_remote(
+    url: &str,
+    p: Option<&Pipeline>,
+    endpoint: Option<String>,
+    timeout_secs: Option<u64>,
+) -> Result<Box<dyn RemoteBackend>> {
+    let mut opts = RemoteOptions {
+        endpoint: endpoint.or_else(|| p.and_then(|p| p.spec.cache.endpoint.clone())),
+        ..RemoteOptions::default()
+    };
+    if let Some(t) = timeout_secs.or_else(|| p.and_then(|p| p.spec.cache.timeout_secs)) {
+        opts.timeout = std::time::Duration::from_secs(t.max(1));
+    }
+    let remote = ObjectStoreRemote::open_str(url, &opts)
+        .with_context(|| format!("opening the remote cache {url}"))?;
+    Ok(Box::new(remote))
+}
+
+fn database(dir: &Path, out: &Output, remote: Option<Box<dyn RemoteBackend>>) -> Result<Database> {
     let progress: Box<dyn Progress> = if out.quiet || out.json {
         Box::new(Silent)
     } else {
@@ -106,7 +143,8 @@ fn database(dir: &Path, out: &Output) -> Result<Database> {
         })
     };
     let ctx = Ctx::new(dir, progress)
-        .with_context(|| format!("opening the cache at {}", dir.display()))?;
+        .with_context(|| format!("opening the cache at {}", dir.display()))?
+        .with_remote(remote);
     Ok(Database::new(ctx))
 }
 
@@ -130,6 +168,18 @@ fn summary(p: &Pipeline, r: &RunResult) -> String {
         r.seconds,
         outcome_line(r)
     );
+    if let Some(rem) = &r.remote {
+        s += &format!(
+            "\n  remote {}: {}; pulled {}, pushed {} ({} bytes), rejected {}, repaired {}",
+            rem.url,
+            rem.status,
+            rem.pulled_entries,
+            rem.pushed_entries,
+            rem.uploaded_bytes,
+            rem.rejected.len(),
+            rem.repaired_blobs
+        );
+    }
     if let Some(b) = &r.baseline {
         for (which, f) in b {
             s += &format!(
@@ -194,7 +244,11 @@ fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<()> {
 pub fn run(args: RunArgs, out: &Output) -> Result<()> {
     let p = Pipeline::load(&args.pipeline, &args.set)?;
     let dir = cache_dir(args.cache.as_deref(), Some(&p))?;
-    let mut db = database(&dir, out)?;
+    let remote = match remote_url(args.remote.as_deref(), Some(&p)) {
+        Some(u) => Some(open_remote(&u, Some(&p), None, None)?),
+        None => None,
+    };
+    let mut db = database(&dir, out, remote)?;
     let (_, r) = run_pipeline(&mut db, None, &p, args.until)?;
     write_outputs(&p, &r)?;
     let peak = peak_rss_bytes();
@@ -210,6 +264,7 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
             "outcomes": r.outcomes(),
             "best": r.best,
             "output": p.spec.output.dir,
+            "remote": r.remote,
             "peak_rss_bytes": peak,
         }),
     );
@@ -219,7 +274,11 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
 pub fn sweep(args: SweepArgs, out: &Output) -> Result<()> {
     let first = Pipeline::load(&args.base.pipeline, &args.base.set)?;
     let dir = cache_dir(args.base.cache.as_deref(), Some(&first))?;
-    let mut db = database(&dir, out)?;
+    let remote = match remote_url(args.base.remote.as_deref(), Some(&first)) {
+        Some(u) => Some(open_remote(&u, Some(&first), None, None)?),
+        None => None,
+    };
+    let mut db = database(&dir, out, remote)?;
     let mut prev = None;
     let mut rows = Vec::new();
     for (i, v) in args.variants.iter().enumerate() {
@@ -254,7 +313,7 @@ pub fn sweep(args: SweepArgs, out: &Output) -> Result<()> {
 pub fn status(args: StatusArgs, out: &Output) -> Result<()> {
     let p = Pipeline::load(&args.pipeline, &args.set)?;
     let dir = cache_dir(args.cache.as_deref(), Some(&p))?;
-    let mut db = database(&dir, out)?;
+    let mut db = database(&dir, out, None)?;
     let (_, lines) = pipeline_status(&mut db, &p)?;
     if out.json {
         println!("{}", serde_json::to_string(&lines)?);
