@@ -195,6 +195,12 @@ impl Store {
         };
         let bytes = entry::encode(&entry)?;
         let dest = self.entry_path(&key);
+        // Hand back what a later lookup will read, not the value passed in: the
+        // metadata is stored as JSON text, and serde_json's default float parsing is not
+        // always correctly rounded, so a float could come back one ulp off. A stage's
+        // consumers must see the same numbers whether the stage was just computed or
+        // found cached (the fault tests caught a score differing in its last digit).
+        let entry = entry::decode(&bytes, &dest)?;
         let dir = dest.parent().unwrap_or(&dest);
         let mut tmp = TempFile::new_in(dir)?;
         tmp.write_all(&bytes)?;

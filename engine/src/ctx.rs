@@ -4,13 +4,14 @@
 
 use crate::EngineError;
 use c2i_cache::{
-    ActionEntry, BlobRef, Digest, KeyParts, Lookup, MissReason, RemoteBackend, StatCache, Store,
+    ActionEntry, Blob, BlobRef, CacheError, Digest, KeyParts, Lookup, MissReason, RemoteBackend,
+    StatCache, Store,
 };
 use c2i_stages::data::{self, Example, Task};
 use c2i_stages::model::{LoadedModel, Weights};
 use serde::Serialize;
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -134,6 +135,32 @@ pub trait Progress: Send + Sync {
 pub struct Silent;
 impl Progress for Silent {}
 
+/// Forwards to the caller's [`Progress`] and also logs each step at debug level under
+/// the target `c2i::progress` (`C2I_LOG=c2i::progress=debug`), so that scripts and the
+/// fault tests can see where a run is without a terminal.
+struct Traced {
+    inner: Box<dyn Progress>,
+    stage: Mutex<String>,
+}
+
+impl Progress for Traced {
+    fn start(&self, stage: &str, total: u64) {
+        if let Ok(mut s) = self.stage.lock() {
+            *s = stage.to_string();
+        }
+        tracing::debug!(target: "c2i::progress", stage, total, "progress start");
+        self.inner.start(stage, total);
+    }
+    fn advance(&self, done: u64) {
+        let stage = self.stage.lock().map(|s| s.clone()).unwrap_or_default();
+        tracing::debug!(target: "c2i::progress", stage = %stage, done, "progress");
+        self.inner.advance(done);
+    }
+    fn finish(&self) {
+        self.inner.finish();
+    }
+}
+
 /// The shared state of an engine process.
 pub struct Ctx {
     pub store: Store,
@@ -141,6 +168,8 @@ pub struct Ctx {
     memo: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
     log: Mutex<Vec<StageRecord>>,
     prefix_layers: Mutex<Vec<usize>>,
+    /// Blobs whose hash this process has checked on read.
+    verified: Mutex<HashSet<Digest>>,
     pub progress: Box<dyn Progress>,
     remote: Option<Remote>,
 }
@@ -155,7 +184,11 @@ impl Ctx {
             memo: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             prefix_layers: Mutex::new(Vec::new()),
-            progress,
+            verified: Mutex::new(HashSet::new()),
+            progress: Box::new(Traced {
+                inner: progress,
+                stage: Mutex::new(String::new()),
+            }),
             remote: None,
         })
     }
@@ -309,12 +342,16 @@ impl Ctx {
                 Err(e) => r.give_up(&e),
             }
         }
+        // A stable line at the start and end of every computed stage instance
+        // (`C2I_LOG=c2i::stage=debug`): where a run is, for scripts and tests.
+        tracing::debug!(target: "c2i::stage", stage = %parts.stage, instance, "computing");
         let (outputs, metadata) = compute()?;
         let mut refs: BTreeMap<String, BlobRef> = BTreeMap::new();
         for (name, bytes) in outputs {
             refs.insert(name, self.store.put_bytes(&bytes)?);
         }
         let entry = self.store.put_entry(parts, refs, metadata)?;
+        tracing::debug!(target: "c2i::stage", stage = %parts.stage, instance, "stored");
         if let Some(r) = self.live_remote() {
             self.push(r, &entry, bad_blob);
         }
@@ -357,6 +394,56 @@ impl Ctx {
             Ok(()) => r.update(|s| s.repaired_blobs += 1),
             Err(e) if e.is_corruption() => tracing::warn!("cannot repair remote blob: {e}"),
             Err(e) => r.give_up(&e),
+        }
+    }
+
+    /// Opens output `name` of a cached `entry` for reading. Lookups check only that
+    /// blobs exist with the right size, so the bytes a stage is about to consume are
+    /// rehashed here, once per blob per process (a flipped bit would otherwise flow
+    /// silently into scores and evaluations). A blob that is missing, of the wrong size
+    /// or of the wrong hash is [`EngineError::DamagedOutput`]; a damaged file is removed
+    /// first, so that a lookup of its entry misses and the producing stage recomputes it
+    /// (`put_bytes` keeps an existing file of the right size, so without the removal a
+    /// same-size corruption would never heal).
+    pub fn read_output(&self, entry: &ActionEntry, name: &str) -> Result<Blob, EngineError> {
+        let r = entry.outputs.get(name).ok_or_else(|| {
+            EngineError::Corrupt(format!("entry {} has no output `{name}`", entry.key))
+        })?;
+        let known_good = self
+            .verified
+            .lock()
+            .map(|v| v.contains(&r.digest))
+            .unwrap_or(false);
+        let damaged = |detail: String| EngineError::DamagedOutput {
+            stage: entry.stage.clone(),
+            key: entry.key.to_hex(),
+            output: name.to_string(),
+            detail,
+        };
+        match self.store.get(r, !known_good) {
+            Ok(blob) => {
+                if let Ok(mut v) = self.verified.lock() {
+                    v.insert(r.digest);
+                }
+                Ok(blob)
+            }
+            Err(e @ (CacheError::CorruptBlob { .. } | CacheError::BlobSize { .. })) => {
+                let path = self.store.blob_path(&r.digest);
+                tracing::warn!(
+                    stage = %entry.stage,
+                    output = name,
+                    path = %path.display(),
+                    "damaged cached blob: {e}; removing it so it is recomputed"
+                );
+                if let Err(rm) = std::fs::remove_file(&path) {
+                    if rm.kind() != std::io::ErrorKind::NotFound {
+                        return Err(EngineError::Io { path, source: rm });
+                    }
+                }
+                Err(damaged(e.to_string()))
+            }
+            Err(e @ CacheError::MissingBlob { .. }) => Err(damaged(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 

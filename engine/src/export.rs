@@ -72,14 +72,9 @@ pub fn export(
     let model_dir = dir.join("model");
     let stamp_path = model_dir.join("c2i-export.json");
     let fpath = dir.join("factored.safetensors");
-    let fblob = db.ctx().store.get(
-        facts
-            .0
-            .outputs
-            .get("factors")
-            .ok_or_else(|| EngineError::Corrupt("factors entry without `factors`".into()))?,
-        false,
-    )?;
+    let fblob = crate::stages::read_or_rebuild(db.ctx(), &facts.0, "factors", || {
+        crate::stages::factors(db, MatrixReq::new(db, setup, best.matrix, best.blocks))
+    })?;
     let view = from_safetensors(fblob.bytes())?;
     let mut info = ExportInfo {
         dense: None,

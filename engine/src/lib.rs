@@ -58,6 +58,15 @@ pub enum EngineError {
     Invalid(String),
     #[error("a cached entry is unusable: {0} (run `c2i cache verify --repair`)")]
     Corrupt(String),
+    /// An output blob of a cached entry failed its size or hash check when read; the
+    /// damaged file was removed so that the stage that made it recomputes it.
+    #[error("cached output `{output}` of {stage} entry {key} is damaged ({detail}); it was removed and will be recomputed")]
+    DamagedOutput {
+        stage: String,
+        key: String,
+        output: String,
+        detail: String,
+    },
     #[error("row {0} is outside the data file")]
     Row(usize),
     #[error("{0}")]

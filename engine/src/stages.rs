@@ -172,11 +172,24 @@ pub struct BlockSpectrum {
     pub g: Vec<f64>,
 }
 
-fn blob(ctx: &Ctx, entry: &ActionEntry, name: &str) -> Result<Blob, EngineError> {
-    let r = entry.outputs.get(name).ok_or_else(|| {
-        EngineError::Corrupt(format!("entry {} has no output `{name}`", entry.key))
-    })?;
-    Ok(ctx.store.get(r, false)?)
+/// Output `name` of `entry`, hash-checked on read ([`Ctx::read_output`]); when it is
+/// damaged (and so was just removed), `rebuild` recomputes the producing stage, whose
+/// lookup now misses, and the fresh output is read instead. A corrupt cache therefore
+/// costs a recomputation, never a wrong result.
+pub(crate) fn read_or_rebuild(
+    ctx: &Ctx,
+    entry: &ActionEntry,
+    name: &str,
+    rebuild: impl FnOnce() -> Result<Arc<ActionEntry>, EngineError>,
+) -> Result<Blob, EngineError> {
+    match ctx.read_output(entry, name) {
+        Err(e @ EngineError::DamagedOutput { .. }) => {
+            tracing::warn!("{e}");
+            let fresh = rebuild()?;
+            ctx.read_output(&fresh, name)
+        }
+        other => other,
+    }
 }
 
 /// One f32 tensor out of a safetensors blob, copied (the blob may be unaligned).
@@ -202,9 +215,9 @@ pub fn sv_grads(db: &dyn EngineDb, req: MatrixReq<'_>) -> Result<Arc<ActionEntry
     let facts = db::factors(db, req).map_err(EngineError::Stage)?;
     let parts = keys::sv_grads(matrix, &facts.0.key, &grads.0.key)?;
     let entry = ctx.get_or_compute(&parts, &format!("{} K={k}", matrix.hf_name()), || {
-        let fblob = blob(ctx, &facts.0, "factors")?;
+        let fblob = read_or_rebuild(ctx, &facts.0, "factors", || factors(db, req))?;
         let view = from_safetensors(fblob.bytes())?;
-        let gblob = blob(ctx, &grads.0, "grads")?;
+        let gblob = read_or_rebuild(ctx, &grads.0, "grads", || gradients(db, setup))?;
         let (g, shape) = tensor_from_blob(gblob.bytes(), &matrix.hf_name())?;
         let gm = RowMajor::new(&g, shape[0], shape.get(1).copied().unwrap_or(1))?;
         let svg = compute_sv_grads(&view, gm, Components::All)?;
@@ -306,7 +319,9 @@ pub fn evaluate(db: &dyn EngineDb, req: EvalReq<'_>) -> Result<Arc<ActionEntry>,
         let started = Instant::now();
         let mut replace = BTreeMap::new();
         if let (Some(c), Some(f)) = (cand, &facts) {
-            let fblob = blob(ctx, &f.0, "factors")?;
+            let fblob = read_or_rebuild(ctx, &f.0, "factors", || {
+                factors(db, MatrixReq::new(db, setup, c.matrix, c.blocks))
+            })?;
             let view = from_safetensors(fblob.bytes())?;
             let dense = dense_candidate(&view, c.keep())?;
             replace.insert(

@@ -73,10 +73,7 @@ pub fn eos_token_id(gguf: &Path) -> Result<Option<u32>, EvalError> {
         source,
     };
     let mut f = std::fs::File::open(gguf).map_err(io)?;
-    let ct = gguf_file::Content::read(&mut f).map_err(|e| ModelError::Format {
-        path: gguf.to_owned(),
-        message: e.to_string(),
-    })?;
+    let ct = crate::model::gguf::read_content(&mut f, gguf)?;
     Ok(match ct.metadata.get("tokenizer.ggml.eos_token_id") {
         Some(gguf_file::Value::U32(v)) => Some(*v),
         Some(gguf_file::Value::I32(v)) => u32::try_from(*v).ok(),

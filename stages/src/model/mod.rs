@@ -2,6 +2,7 @@
 //! llama-architecture forward.
 
 pub mod config;
+pub mod gguf;
 pub mod llama;
 pub mod names;
 pub mod ops;

@@ -10,7 +10,6 @@
 use super::config::LlamaConfig;
 use super::tokenizer::tokenizer_from_gguf;
 use super::{MatrixId, MatrixKind, ModelError};
-use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -81,8 +80,8 @@ pub fn unpermute_qk(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
 impl Weights {
     /// Reads and dequantizes every tensor of a llama GGUF file, and its tokenizer.
     pub fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
-        let mut file = std::fs::File::open(path).map_err(io_err(path))?;
-        let ct = gguf_file::Content::read(&mut file).map_err(candle_err(path))?;
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err(path))?);
+        let ct = super::gguf::read_content(&mut file, path)?;
         let config = LlamaConfig::from_gguf(&ct, path)?;
         let tokenizer = tokenizer_from_gguf(&ct, path)?;
         let dev = Device::Cpu;
@@ -141,6 +140,13 @@ impl Weights {
         let mut tensors = BTreeMap::new();
         for f in &files {
             for (name, t) in read_safetensors(f)? {
+                // Checked here too (not only in `check`), so the error names the file.
+                if !all_finite(&t) {
+                    return Err(ModelError::NonFinite {
+                        path: f.clone(),
+                        name,
+                    });
+                }
                 tensors.insert(name, t);
             }
         }
@@ -227,12 +233,7 @@ impl Weights {
             }
         }
         for (name, t) in &self.tensors {
-            let bad = t
-                .flatten_all()
-                .and_then(|f| f.to_vec1::<f32>())
-                .map(|v| v.iter().any(|x| !x.is_finite()))
-                .unwrap_or(true);
-            if bad {
+            if !all_finite(t) {
                 return Err(ModelError::NonFinite {
                     path: self.source.clone(),
                     name: name.clone(),
@@ -318,10 +319,40 @@ impl Weights {
     }
 }
 
+/// True when every value of `t` (as f32) is finite.
+fn all_finite(t: &Tensor) -> bool {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|f| f.to_vec1::<f32>())
+        .map(|v| v.iter().all(|x| x.is_finite()))
+        .unwrap_or(false)
+}
+
 /// Reads every tensor of a safetensors file as f32 (f16/bf16 are converted).
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Format {
+    parse_safetensors(&bytes, path)
+}
+
+/// [`read_safetensors`] on bytes already read; `path` names them in errors. Never
+/// panics on malformed input (fuzzed in `tests/fuzz_headers.rs`).
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>, ModelError> {
+    if bytes.len() >= 8 {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&bytes[..8]);
+        let claimed = u64::from_le_bytes(n);
+        let have = bytes.len() as u64 - 8;
+        if claimed > have {
+            return Err(ModelError::Format {
+                path: path.to_path_buf(),
+                message: format!(
+                    "not a valid safetensors file: its header claims {claimed} bytes but only \
+                     {have} follow the 8-byte length (truncated file?)"
+                ),
+            });
+        }
+    }
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelError::Format {
         path: path.to_path_buf(),
         message: format!("not a valid safetensors file: {e}"),
     })?;
@@ -379,7 +410,7 @@ pub fn layer_count(path: &Path) -> Result<usize, ModelError> {
         return Ok(LlamaConfig::from_hf_config(&path.join("config.json"))?.num_hidden_layers);
     }
     let mut file = std::fs::File::open(path).map_err(io_err(path))?;
-    let ct = gguf_file::Content::read(&mut file).map_err(candle_err(path))?;
+    let ct = super::gguf::read_content(&mut file, path)?;
     Ok(LlamaConfig::from_gguf(&ct, path)?.num_hidden_layers)
 }
 
