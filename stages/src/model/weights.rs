@@ -470,15 +470,76 @@ fn serialize_safetensors(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    safetensors::serialize(views, Some(meta))
+        .map(canonical_safetensors)
+        .map_err(|e| ModelError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Rewrites a safetensors file's JSON header with its keys sorted, so the same tensors
+/// and metadata always give the same bytes (and the same content hash in the cache).
+///
+/// `safetensors::serialize` takes the metadata as a `HashMap`, whose order is random per
+/// process: the same factors hashed differently in two runs. Sorting keeps every key,
+/// value and character, so the header keeps its length and the data offsets stay valid.
+/// Bytes that do not parse as a header are returned unchanged (the reader reports them).
+pub fn canonical_safetensors(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8usize.saturating_add(len)) else {
+        return bytes;
+    };
+    // serde_json's map is a BTreeMap (no `preserve_order`): parsing sorts the keys.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    let Ok(text) = serde_json::to_string(&value) else {
+        return bytes;
+    };
+    if text.len() > len {
+        return bytes;
+    }
+    let region = &mut bytes[8..8 + len];
+    region[..text.len()].copy_from_slice(text.as_bytes());
+    region[text.len()..].fill(b' ');
+    bytes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safetensors_bytes_do_not_depend_on_hash_map_order() {
+        let t = Tensor::arange(0f32, 6., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let tensors = BTreeMap::from([("b".to_string(), t.clone()), ("a".to_string(), t)]);
+        let meta: BTreeMap<String, String> = (0..12)
+            .map(|i| (format!("key{i}"), format!("value {i}")))
+            .collect();
+        let p = Path::new("x.safetensors");
+        let first = serialize_safetensors(&tensors, &meta, p).unwrap();
+        // Each HashMap gets new random keys: 20 tries would show any order dependence.
+        for _ in 0..20 {
+            assert_eq!(serialize_safetensors(&tensors, &meta, p).unwrap(), first);
+        }
+        let back = parse_safetensors(&first, p).unwrap();
+        assert_eq!(back.len(), 2);
+        let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(st.tensor("a").unwrap().shape(), &[2, 3]);
+        // Not a safetensors header: returned as is.
+        assert_eq!(canonical_safetensors(vec![1, 2, 3]), vec![1, 2, 3]);
+    }
 
     #[test]
     fn gguf_names_map_to_hf() {
