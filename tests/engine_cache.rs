@@ -2,51 +2,25 @@
 //! real epistemic-reasoning data: what is reused when which parameter changes, and
 //! what `cache verify` catches.
 
+#[path = "support/tiny.rs"]
+mod tiny;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared_datasets() -> PathBuf {
-    let dir = std::env::var_os("C2I_SHARED_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    assert!(dir.is_dir(), "no shared data sets at {}", dir.display());
-    dir
-}
-
 /// A small pipeline: 6 calibration rows, 12 evaluation and 12 held-out rows, the MLP
 /// matrices of layers 28 and 29, K in {1, 2}, two rho values, top 2.
 fn write_pipeline(dir: &Path) -> PathBuf {
-    let data =
-        shared_datasets().join("bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl");
-    let text = format!(
-        r#"
-[model]
-path = "smollm2"
-
-[data]
-task = "epistemic_reasoning"
-path = "{}"
-calibration = {{ samples = 6, seed = 0 }}
-evaluation  = {{ samples = 12, seed = 1 }}
-heldout     = {{ samples = 12, seed = 2 }}
-
-[search]
-layers = [28, 29]
-top_k = 2
-blocks = [1, 2]
-keep = [0.1, 0.5]
-
-[output]
-dir = "out"
-dense = false
-"#,
-        data.display()
+    let text = tiny::pipeline_text(
+        "smollm2",
+        &tiny::epistemic_data(),
+        (6, 12, 12),
+        "[28, 29]",
+        "",
     );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    tiny::write_pipeline_text(dir, &text)
 }
 
 fn c2i(args: &[&str]) -> std::process::Output {

@@ -15,6 +15,9 @@
 //! - Malformed inputs are clear errors naming the file and what was expected, with
 //!   exit code 1 and no panic.
 
+#[path = "support/tiny.rs"]
+mod tiny;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -22,57 +25,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-fn shared_datasets() -> PathBuf {
-    let dir = std::env::var_os("C2I_SHARED_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    assert!(dir.is_dir(), "no shared data sets at {}", dir.display());
-    dir
-}
-
 fn data_file() -> PathBuf {
-    shared_datasets().join("bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl")
+    tiny::epistemic_data()
 }
 
 /// The smallest pipeline that still has every stage: 4 calibration rows in micro-batches
 /// of 2 (so the gradient pass reports progress half-way), 8 + 8 evaluation rows in
 /// batches of 4, the MLP matrices of layer 29, K in {1, 2}, two rho, top 2.
 fn pipeline_text(model: &str, data: &Path) -> String {
-    format!(
-        r#"
-[model]
-path = "{model}"
-
-[data]
-task = "epistemic_reasoning"
-path = "{}"
-calibration = {{ samples = 4, seed = 0 }}
-evaluation  = {{ samples = 8, seed = 1 }}
-heldout     = {{ samples = 8, seed = 2 }}
-
-[search]
-layers = [29]
-top_k = 2
-blocks = [1, 2]
-keep = [0.1, 0.5]
-
-[run]
-micro_batch = 2
-eval_batch = 4
-
-[output]
-dir = "out"
-dense = false
-"#,
-        data.display()
+    tiny::pipeline_text(
+        model,
+        data,
+        (4, 8, 8),
+        "[29]",
+        "[run]\nmicro_batch = 2\neval_batch = 4",
     )
 }
 
 fn write_pipeline(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, pipeline_text("smollm2", &data_file())).unwrap();
-    path
+    tiny::write_pipeline_text(dir, &pipeline_text("smollm2", &data_file()))
 }
 
 fn c2i(args: &[&str]) -> Output {
@@ -118,24 +89,8 @@ fn computed(o: &BTreeMap<String, BTreeMap<String, u64>>, stage: &str) -> u64 {
 /// report.json without what legitimately differs between runs: timings, how each stage
 /// instance was satisfied (hit or computed), and paths of the run's own directory.
 fn normalized_report(pipeline: &Path) -> Value {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                m.remove("seconds");
-                m.remove("outcome");
-                for x in m.values_mut() {
-                    strip(x);
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut v: Value = serde_json::from_slice(
-        &std::fs::read(pipeline.parent().unwrap().join("out/report.json")).unwrap(),
-    )
-    .unwrap();
-    strip(&mut v);
+    let mut v = tiny::read_report(pipeline);
+    tiny::strip_keys(&mut v, &["seconds", "outcome"]);
     // The stage log lists the same instances, but a resumed run may record them in
     // another order; compare it as a sorted set.
     if let Some(Value::Array(stages)) = v.get_mut("stages") {

@@ -9,57 +9,26 @@
 
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/tiny.rs"]
+mod tiny;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn shared_datasets() -> PathBuf {
-    let dir = std::env::var_os("C2I_SHARED_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    assert!(dir.is_dir(), "no shared data sets at {}", dir.display());
-    dir
-}
-
 /// A tiny pipeline in `dir`: 6 calibration rows, 12 evaluation and 12 held-out rows,
 /// the MLP matrices of layer 29, K in {1, 2}, two rho values, top 2. `cache` is extra
 /// TOML for the `[cache]` table.
 fn write_pipeline(dir: &Path, cache: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let data =
-        shared_datasets().join("bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl");
-    let text = format!(
-        r#"
-[model]
-path = "smollm2"
-
-[data]
-task = "epistemic_reasoning"
-path = "{}"
-calibration = {{ samples = 6, seed = 0 }}
-evaluation  = {{ samples = 12, seed = 1 }}
-heldout     = {{ samples = 12, seed = 2 }}
-
-[search]
-layers = [29]
-top_k = 2
-blocks = [1, 2]
-keep = [0.1, 0.5]
-
-[output]
-dir = "out"
-dense = false
-
-[cache]
-{cache}
-"#,
-        data.display()
+    let text = tiny::pipeline_text(
+        "smollm2",
+        &tiny::epistemic_data(),
+        (6, 12, 12),
+        "[29]",
+        &format!("[cache]\n{cache}"),
     );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    tiny::write_pipeline_text(dir, &text)
 }
 
 fn c2i(args: &[&str], env: &[(String, String)]) -> Command {
@@ -111,22 +80,7 @@ fn total(o: &BTreeMap<String, BTreeMap<String, u64>>, outcome: &str) -> u64 {
 /// results: timings and how each stage was satisfied. The stage keys are kept (as a
 /// sorted list), so two runs must have asked for exactly the same work.
 fn results(pipeline: &Path) -> Value {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                m.remove("seconds");
-                for x in m.values_mut() {
-                    strip(x);
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut v: Value = serde_json::from_slice(
-        &std::fs::read(pipeline.parent().unwrap().join("out/report.json")).unwrap(),
-    )
-    .unwrap();
+    let mut v = tiny::read_report(pipeline);
     let mut keys: Vec<String> = v["stages"]
         .as_array()
         .unwrap()
@@ -143,7 +97,7 @@ fn results(pipeline: &Path) -> Value {
     let m = v.as_object_mut().unwrap();
     m.remove("stages");
     m.insert("stage_keys".into(), keys.into());
-    strip(&mut v);
+    tiny::strip_keys(&mut v, &["seconds"]);
     v
 }
 

@@ -1,0 +1,88 @@
+//! What the end-to-end tests share: the real data, and a tiny pipeline over the real
+//! SmolLM2 model and the real epistemic-reasoning rows that still has every stage.
+#![allow(dead_code)] // each test crate includes this file and uses a different part
+
+use std::path::{Path, PathBuf};
+
+/// `../shared/datasets`, or `$C2I_SHARED_DATASETS`. The tests fail, never skip, without it.
+pub fn shared_datasets() -> PathBuf {
+    let dir = std::env::var_os("C2I_SHARED_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
+    assert!(dir.is_dir(), "no shared data sets at {}", dir.display());
+    dir
+}
+
+/// The epistemic-reasoning rows in LASER's order.
+pub fn epistemic_data() -> PathBuf {
+    shared_datasets().join("bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl")
+}
+
+/// A tiny pipeline on the epistemic-reasoning rows in `data`: `rows` = (calibration, evaluation,
+/// held-out) samples, the MLP matrices of `layers` (a TOML list), K in {1, 2}, two rho
+/// values, top 2, no dense export. `extra` is appended (more tables: `[run]`,
+/// `[cache]`).
+pub fn pipeline_text(
+    model: &str,
+    data: &Path,
+    rows: (usize, usize, usize),
+    layers: &str,
+    extra: &str,
+) -> String {
+    let (calibration, evaluation, heldout) = rows;
+    format!(
+        r#"
+[model]
+path = "{model}"
+
+[data]
+task = "epistemic_reasoning"
+path = "{data}"
+calibration = {{ samples = {calibration}, seed = 0 }}
+evaluation  = {{ samples = {evaluation}, seed = 1 }}
+heldout     = {{ samples = {heldout}, seed = 2 }}
+
+[search]
+layers = {layers}
+top_k = 2
+blocks = [1, 2]
+keep = [0.1, 0.5]
+
+[output]
+dir = "out"
+dense = false
+
+{extra}
+"#,
+        data = data.display()
+    )
+}
+
+/// Writes `text` as `dir/pipeline.toml` (creating `dir`) and returns its path.
+pub fn write_pipeline_text(dir: &Path, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `report.json` a run of `pipeline` wrote (output dir `out` next to it).
+pub fn read_report(pipeline: &Path) -> serde_json::Value {
+    let path = pipeline.parent().unwrap().join("out/report.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// Removes `keys` from every object in `v`, at any depth (timings and other fields that
+/// legitimately differ between runs that found the same results).
+pub fn strip_keys(v: &mut serde_json::Value, keys: &[&str]) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for k in keys {
+                m.remove(*k);
+            }
+            m.values_mut().for_each(|x| strip_keys(x, keys));
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| strip_keys(x, keys)),
+        _ => {}
+    }
+}
