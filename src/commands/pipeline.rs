@@ -9,6 +9,7 @@ use c2i_engine::db::Database;
 use c2i_engine::runner::{run as run_pipeline, write_atomic, write_run_json, RunResult, Until};
 use c2i_engine::spec::Pipeline;
 use c2i_engine::status::status as pipeline_status;
+use c2i_stages::export::report::fmt_keep;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -194,7 +195,7 @@ fn summary(p: &Pipeline, r: &RunResult) -> String {
             "\n  candidate {} K={} keep={}: score {} accuracy {:.3} log-loss {:.4}{}",
             c.matrix,
             c.blocks,
-            c.keep,
+            fmt_keep(c.keep),
             c.score.map_or("-".to_string(), |v| format!("{v:.4e}")),
             c.selection.accuracy,
             c.selection.log_loss,
@@ -208,7 +209,7 @@ fn summary(p: &Pipeline, r: &RunResult) -> String {
     if let Some(b) = &r.best {
         s += &format!(
             "\n  best ({}): {} K={} keep={}: selection accuracy {:.3}, held-out accuracy {:.3} (log-loss {:.4})",
-            r.selection_metric, b.matrix, b.blocks, b.keep, b.selection.accuracy, b.heldout.accuracy, b.heldout.log_loss
+            r.selection_metric, b.matrix, b.blocks, fmt_keep(b.keep), b.selection.accuracy, b.heldout.accuracy, b.heldout.log_loss
         );
     }
     s

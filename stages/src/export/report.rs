@@ -200,9 +200,17 @@ pub(crate) fn kind_of(name: &str) -> Option<String> {
     (!kind.is_empty() && !kind.chars().all(|c| c.is_ascii_digit())).then(|| kind.to_string())
 }
 
-/// A keep / rho value as the shortest decimal that reads back the same (`0.1`, `0.25`).
-pub(crate) fn fmt_keep(v: f64) -> String {
-    format!("{v}")
+/// A keep / rho value for people: at most 10 decimals, trailing zeros dropped (`0.1`,
+/// `0.25`, and `0.005` for LASER's rate 9.95, which computes as 0.0050000000000000044).
+/// Keys and report.json keep the exact value.
+pub fn fmt_keep(v: f64) -> String {
+    let s = format!("{v:.10}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 /// Escapes a Markdown table cell: `|` would end the cell, a line break the row.
@@ -1028,6 +1036,16 @@ pub(crate) mod fixture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_values_print_without_float_noise() {
+        assert_eq!(fmt_keep(1.0 - 0.1 * 9.95), "0.005");
+        assert_eq!(fmt_keep(1.0 - 0.1 * 8.0), "0.2");
+        assert_eq!(fmt_keep(0.6), "0.6");
+        assert_eq!(fmt_keep(0.25), "0.25");
+        assert_eq!(fmt_keep(1.0), "1");
+        assert_eq!(fmt_keep(0.02), "0.02");
+    }
     use serde_json::json;
 
     #[test]
