@@ -38,6 +38,8 @@ enum Command {
     Status(commands::pipeline::StatusArgs),
     /// Inspect, verify or clean the cache.
     Cache(commands::cache::Args),
+    /// Several runs' reports side by side: held-out figures, search cost, speedup.
+    Compare(commands::compare::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Sweep(a) => commands::pipeline::sweep(a, &out),
         Command::Status(a) => commands::pipeline::status(a, &out),
         Command::Cache(a) => commands::cache::run(a, &out),
+        Command::Compare(a) => commands::compare::run(a, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

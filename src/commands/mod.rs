@@ -1,6 +1,7 @@
 //! The subcommands of the `c2i` binary.
 
 pub mod cache;
+pub mod compare;
 pub mod export_grads;
 pub mod fetch;
 pub mod pipeline;

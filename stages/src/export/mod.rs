@@ -4,8 +4,11 @@
 //!
 //! - [`report`]: the Markdown report (baseline, best candidate, candidates with their
 //!   prediction histograms, collapse warnings, export sizes, stage timings).
+//! - [`compare`]: several runs side by side (held-out figures, search cost, the
+//!   speedup of c2i over LASER per task), for `c2i compare`.
 //! - [`plots`]: hand-written SVG charts (scores by layer, selection accuracy against
 //!   the kept share of singular values), byte-identical for the same input.
 
+pub mod compare;
 pub mod plots;
 pub mod report;

@@ -16,11 +16,11 @@ use std::fmt::Write as _;
 const DEFAULT_COLLAPSE_THRESHOLD: f64 = 0.95;
 
 /// What is shown in place of a missing figure.
-const MISSING: &str = "—";
+pub(crate) const MISSING: &str = "—";
 
 /// Which family of metrics an evaluation carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum MetricsKind {
+pub enum MetricsKind {
     Classification,
     Generation,
     #[default]
@@ -29,7 +29,7 @@ pub(crate) enum MetricsKind {
 
 /// One evaluation's figures (an engine `Figures` object), every field optional.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Figures {
+pub struct Figures {
     pub kind: MetricsKind,
     pub samples: Option<u64>,
     pub accuracy: Option<f64>,
@@ -311,7 +311,7 @@ fn fmt_bytes(n: u64) -> String {
     format!("{v:.1} {} ({} bytes)", UNITS[unit], thousands(n))
 }
 
-fn fmt_seconds(s: f64) -> String {
+pub(crate) fn fmt_seconds(s: f64) -> String {
     if s.is_finite() {
         format!("{s:.1}")
     } else {
@@ -320,30 +320,30 @@ fn fmt_seconds(s: f64) -> String {
 }
 
 #[derive(Clone, Copy)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
 /// A Markdown table; every cell is escaped when rendered.
-struct Table {
+pub(crate) struct Table {
     header: Vec<(&'static str, Align)>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[(&'static str, Align)]) -> Table {
+    pub(crate) fn new(header: &[(&'static str, Align)]) -> Table {
         Table {
             header: header.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         let n = self.header.len();
         out.push('|');
         for (h, _) in &self.header {

@@ -1,0 +1,328 @@
+//! Several runs side by side ([`comparison`], what `c2i compare` prints): one row per
+//! run with its task, search method and selection metric, the baseline and the winner
+//! on the held-out rows (balanced accuracy, predictions and the collapse flag beside
+//! accuracy), the number of candidates evaluated and what the search cost; then, for
+//! every task with both a c2i (gradient-mode) and a LASER run under the same selection
+//! metric, the speedup of c2i.
+//!
+//! # What "search seconds" counts
+//!
+//! The seconds of the stage instances this run **computed** (or pulled from a remote),
+//! except the held-out evaluations, which only report: gradients, matrix digests, block
+//! SVDs, singular-value gradients, and the selection evaluations of the baseline and of
+//! every candidate. Instances found in the cache cost nothing in this run and are
+//! counted in the `cached` column instead, so a warm run never passes for a fast
+//! search: a speedup is printed as cold only when neither run had a cached search
+//! stage.
+
+use super::report::{
+    baseline, count, fmt_keep, fmt_seconds, num, short_matrix_name, text, Align, Figures,
+    MetricsKind, Table, MISSING,
+};
+use serde_json::Value;
+use std::fmt::Write as _;
+
+/// One run's line of the comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// Where the report came from (its directory), as given.
+    pub label: String,
+    pub task: String,
+    /// `gradient` (c2i) or `laser`.
+    pub mode: String,
+    pub selection_metric: String,
+    pub baseline_heldout: Option<Figures>,
+    /// The winner: short matrix name, K and keep.
+    pub winner: Option<String>,
+    pub best_heldout: Option<Figures>,
+    pub candidates: usize,
+    /// Seconds of the search stages computed in this run (see the module notes).
+    pub search_seconds: f64,
+    /// Search stage instances that were cache hits (0 for a cold run).
+    pub search_cached: usize,
+    /// Seconds of the held-out evaluations computed in this run.
+    pub heldout_seconds: f64,
+    /// The run's wall time, as the report states it.
+    pub total_seconds: Option<f64>,
+}
+
+fn is_heldout(instance: &str) -> bool {
+    instance
+        .rsplit(',')
+        .next()
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("heldout"))
+}
+
+/// Reads the comparison line of one run from its `report.json` value.
+pub fn summarize(label: &str, report: &Value) -> RunSummary {
+    let (_, baseline_heldout) = baseline(report).unwrap_or((None, None));
+    let best = report.get("best").filter(|b| b.is_object());
+    let winner = best.map(|b| {
+        let m = text(b, "matrix").map_or(MISSING, short_matrix_name);
+        let k = count(b, "blocks").map_or_else(|| MISSING.to_string(), |k| k.to_string());
+        let keep = num(b, "keep").map_or_else(|| MISSING.to_string(), fmt_keep);
+        format!("{m}, K={k}, keep {keep}")
+    });
+    let best_heldout = best
+        .and_then(|b| b.get("heldout"))
+        .filter(|h| h.is_object())
+        .map(Figures::from_value);
+    let mut search_seconds = 0.0;
+    let mut search_cached = 0;
+    let mut heldout_seconds = 0.0;
+    for r in report
+        .get("stages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let heldout =
+            text(r, "stage") == Some("evaluate") && text(r, "instance").is_some_and(is_heldout);
+        let secs = num(r, "seconds").filter(|s| s.is_finite()).unwrap_or(0.0);
+        match text(r, "outcome").map(str::to_ascii_lowercase).as_deref() {
+            Some("computed" | "pulled") if heldout => heldout_seconds += secs,
+            Some("computed" | "pulled") => search_seconds += secs,
+            Some("hit" | "memo") if !heldout => search_cached += 1,
+            _ => {}
+        }
+    }
+    RunSummary {
+        label: label.to_string(),
+        task: text(report, "task").unwrap_or(MISSING).to_string(),
+        mode: text(report, "mode").unwrap_or(MISSING).to_string(),
+        selection_metric: text(report, "selection_metric")
+            .unwrap_or(MISSING)
+            .to_string(),
+        baseline_heldout,
+        winner,
+        best_heldout,
+        candidates: report
+            .get("candidates")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len),
+        search_seconds,
+        search_cached,
+        heldout_seconds,
+        total_seconds: num(report, "seconds"),
+    }
+}
+
+fn method(mode: &str) -> &str {
+    match mode {
+        "gradient" => "c2i",
+        "laser" => "LASER exhaustive",
+        other => other,
+    }
+}
+
+/// `0.5225 / 0.500 [400, 0] COLLAPSED`: accuracy, then for classification the balanced
+/// accuracy, the predicted-class histogram and the collapse flag.
+fn figures_cell(f: Option<&Figures>) -> String {
+    let Some(f) = f else {
+        return MISSING.to_string();
+    };
+    let mut s = f
+        .accuracy
+        .map_or_else(|| MISSING.to_string(), |a| format!("{a:.4}"));
+    if f.kind == MetricsKind::Classification {
+        if let Some(b) = f.balanced_accuracy {
+            let _ = write!(s, " / {b:.3}");
+        }
+        if let Some(h) = &f.predicted_histogram {
+            let parts: Vec<String> = h.iter().map(u64::to_string).collect();
+            let _ = write!(s, " [{}]", parts.join(", "));
+        }
+        if f.collapsed == Some(true) {
+            s.push_str(" COLLAPSED");
+        }
+    }
+    s
+}
+
+/// The comparison of `runs` (label, report) as Markdown: the table, then one speedup
+/// line per task and selection metric that has both a c2i and a LASER run (the first
+/// of each, in the order given).
+pub fn comparison(runs: &[(String, Value)]) -> String {
+    let rows: Vec<RunSummary> = runs.iter().map(|(l, r)| summarize(l, r)).collect();
+    let mut out = String::new();
+    let mut t = Table::new(&[
+        ("run", Align::Left),
+        ("task", Align::Left),
+        ("method (selection metric)", Align::Left),
+        ("held-out rows", Align::Right),
+        ("majority", Align::Right),
+        ("baseline held-out acc. / bal.", Align::Left),
+        ("winner", Align::Left),
+        ("winner held-out acc. / bal.", Align::Left),
+        ("candidates", Align::Right),
+        ("search s", Align::Right),
+        ("cached", Align::Right),
+        ("held-out s", Align::Right),
+        ("run s", Align::Right),
+    ]);
+    for r in &rows {
+        let held = r.best_heldout.as_ref().or(r.baseline_heldout.as_ref());
+        t.row(vec![
+            r.label.clone(),
+            r.task.clone(),
+            format!("{} ({})", method(&r.mode), r.selection_metric),
+            held.and_then(|f| f.samples)
+                .map_or_else(|| MISSING.to_string(), |n| n.to_string()),
+            held.and_then(|f| f.majority_class_rate)
+                .map_or_else(|| MISSING.to_string(), |m| format!("{m:.4}")),
+            figures_cell(r.baseline_heldout.as_ref()),
+            r.winner.clone().unwrap_or_else(|| MISSING.to_string()),
+            figures_cell(r.best_heldout.as_ref()),
+            r.candidates.to_string(),
+            fmt_seconds(r.search_seconds),
+            r.search_cached.to_string(),
+            fmt_seconds(r.heldout_seconds),
+            r.total_seconds
+                .map_or_else(|| MISSING.to_string(), fmt_seconds),
+        ]);
+    }
+    t.render(&mut out);
+    let mut pairs = Vec::new();
+    for c in rows.iter().filter(|r| r.mode == "gradient") {
+        let key = (&c.task, &c.selection_metric);
+        if pairs.iter().any(|(k, _, _)| *k == key) {
+            continue;
+        }
+        if let Some(l) = rows
+            .iter()
+            .find(|r| r.mode == "laser" && (&r.task, &r.selection_metric) == key)
+        {
+            pairs.push((key, c, l));
+        }
+    }
+    for ((task, metric), c, l) in pairs {
+        let _ = write!(
+            out,
+            "- {task} ({metric}): LASER searched {} candidates in {} s, c2i {} in {} s",
+            l.candidates,
+            fmt_seconds(l.search_seconds),
+            c.candidates,
+            fmt_seconds(c.search_seconds),
+        );
+        if c.search_seconds > 0.0 {
+            let _ = write!(out, ": **{:.1}x**", l.search_seconds / c.search_seconds);
+        }
+        let cached = c.search_cached + l.search_cached;
+        if cached > 0 {
+            let _ = write!(
+                out,
+                " (not a cold comparison: {cached} search stages were cache hits)"
+            );
+        }
+        out.push_str(".\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::fixture;
+    use super::*;
+    use serde_json::json;
+
+    fn stage(stage: &str, instance: &str, outcome: &str, seconds: f64) -> Value {
+        json!({"stage": stage, "instance": instance, "outcome": outcome, "seconds": seconds, "key": "k"})
+    }
+
+    fn run(mode: &str, stages: Vec<Value>) -> Value {
+        let mut r = fixture::report();
+        r["mode"] = json!(mode);
+        r["stages"] = json!(stages);
+        r
+    }
+
+    #[test]
+    fn search_seconds_count_computed_stages_but_not_heldout_or_hits() {
+        let r = run(
+            "gradient",
+            vec![
+                stage("gradients", "all matrices", "computed", 30.0),
+                stage("factors", "m K=1", "hit", 0.001),
+                stage("sv-grads", "m K=1", "computed", 2.0),
+                stage("evaluate", "base model, Selection", "computed", 10.0),
+                stage("evaluate", "base model, Heldout", "computed", 40.0),
+                stage("evaluate", "m K=1 keep=0.1, Selection", "pulled", 5.0),
+                stage("evaluate", "m K=1 keep=0.1, Heldout", "hit", 0.0),
+            ],
+        );
+        let s = summarize("out/x", &r);
+        assert_eq!(s.search_seconds, 47.0);
+        assert_eq!(s.heldout_seconds, 40.0);
+        assert_eq!(
+            s.search_cached, 1,
+            "the factors hit; a held-out hit is not search"
+        );
+        assert_eq!(s.mode, "gradient");
+        assert!(s.winner.is_some());
+    }
+
+    #[test]
+    fn speedup_is_laser_over_c2i_and_flags_cached_runs() {
+        let c = run(
+            "gradient",
+            vec![stage("gradients", "all matrices", "computed", 20.0)],
+        );
+        let l = run(
+            "laser",
+            vec![stage(
+                "evaluate",
+                "m K=1 keep=0.9, Selection",
+                "computed",
+                90.0,
+            )],
+        );
+        let md = comparison(&[("c".into(), c.clone()), ("l".into(), l)]);
+        assert!(md.contains(": **4.5x**."), "{md}");
+        assert!(md.contains("| c2i ("), "{md}");
+        assert!(md.contains("| LASER exhaustive ("), "{md}");
+        let warm = run(
+            "laser",
+            vec![stage("evaluate", "m K=1 keep=0.9, Selection", "hit", 0.0)],
+        );
+        let md = comparison(&[("c".into(), c), ("l".into(), warm)]);
+        assert!(
+            md.contains("not a cold comparison: 1 search stages"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn no_speedup_line_without_a_pair_of_the_same_task_and_metric() {
+        let c = run("gradient", vec![]);
+        let mut l = run("laser", vec![]);
+        l["selection_metric"] = json!("balanced_accuracy");
+        let md = comparison(&[("c".into(), c), ("l".into(), l)]);
+        assert!(!md.contains("searched"), "{md}");
+    }
+
+    #[test]
+    fn collapsed_figures_say_so() {
+        let f = Figures {
+            kind: MetricsKind::Classification,
+            accuracy: Some(0.6175),
+            balanced_accuracy: Some(0.5064),
+            predicted_histogram: Some(vec![2, 398]),
+            collapsed: Some(true),
+            ..Figures::default()
+        };
+        assert_eq!(figures_cell(Some(&f)), "0.6175 / 0.506 [2, 398] COLLAPSED");
+        let g = Figures {
+            kind: MetricsKind::Generation,
+            accuracy: Some(0.19),
+            ..Figures::default()
+        };
+        assert_eq!(figures_cell(Some(&g)), "0.1900");
+        assert_eq!(figures_cell(None), MISSING);
+    }
+
+    #[test]
+    fn reports_without_stages_or_best_still_render() {
+        let md = comparison(&[("empty".into(), json!({}))]);
+        assert!(md.contains("| empty | — |"), "{md}");
+    }
+}
