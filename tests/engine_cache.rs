@@ -92,6 +92,11 @@ fn reuse_follows_the_keys_and_verify_catches_corruption() {
     // Every blob the default configuration needs; later runs with other parameters add
     // blobs the final default run never reads, so the corruption below picks from these.
     let default_blobs = blobs(&cache);
+    std::fs::copy(
+        pipeline.parent().unwrap().join("out/report.json"),
+        tmp.path().join("cold-report.json"),
+    )
+    .unwrap();
 
     // The same run again: every stage is a hit, nothing is computed (no forward).
     let warm = run(&pipeline, &cache, &[]);
@@ -103,6 +108,34 @@ fn reuse_follows_the_keys_and_verify_catches_corruption() {
         );
     }
     assert_eq!(count(&warm, "gradients", "hit"), 1);
+
+    // compare reads the engine's real reports: the cold run's search cost is what it
+    // computed; the warm run computed nothing and says how much it reused.
+    let out_dir = pipeline.parent().unwrap().join("out");
+    let cold_report = tmp.path().join("cold-report.json");
+    let out = c2i(&[
+        "--json",
+        "compare",
+        cold_report.to_str().unwrap(),
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cmp: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (c, w) = (&cmp["runs"][0], &cmp["runs"][1]);
+    assert_eq!(c["search_cached"], 0, "{cmp}");
+    assert!(c["search_seconds"].as_f64().unwrap() > 0.0, "{cmp}");
+    assert!(c["heldout_seconds"].as_f64().unwrap() > 0.0, "{cmp}");
+    assert_eq!(w["search_seconds"], 0.0, "{cmp}");
+    assert_eq!(w["heldout_seconds"], 0.0, "{cmp}");
+    assert!(
+        w["search_cached"].as_u64().unwrap() >= 1 + 12 + 12 + 3,
+        "{cmp}"
+    );
+    assert_eq!(c["winner"], w["winner"], "{cmp}");
 
     // Changing rho: gradients, factors and sv-grads all hit; evaluations run.
     let rho = run(&pipeline, &cache, &["search.keep=[0.2, 0.05]"]);
