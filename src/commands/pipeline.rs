@@ -211,6 +211,12 @@ fn summary(p: &Pipeline, r: &RunResult) -> String {
             "\n  best ({}): {} K={} keep={}: selection accuracy {:.3}, held-out accuracy {:.3} (log-loss {:.4})",
             r.selection_metric, b.matrix, b.blocks, fmt_keep(b.keep), b.selection.accuracy, b.heldout.accuracy, b.heldout.log_loss
         );
+        if let Some(note) = serde_json::to_value(r)
+            .ok()
+            .and_then(|v| c2i_stages::export::report::no_gain_on_selection(&v))
+        {
+            s += &format!("\n  NO GAIN: {note}");
+        }
     }
     s
 }

@@ -661,6 +661,35 @@ fn section_best(out: &mut String, report: &Value) {
             reasons.join("; ")
         );
     }
+    if let Some(s) = no_gain_on_selection(report) {
+        let _ = writeln!(
+            out,
+            "> **No gain:** {s}. The exported model is this candidate all the same.\n"
+        );
+    }
+}
+
+/// When the best candidate does not beat the unmodified model on the selection
+/// samples under the run's selection metric (balanced accuracy when that is the metric
+/// and both figures have it, else accuracy; a tie does not beat): a sentence saying so,
+/// with both values. `None` when it does beat it, or when either figure is missing.
+pub fn no_gain_on_selection(report: &Value) -> Option<String> {
+    let best = report.get("best").filter(|b| b.is_object())?;
+    let sel = Figures::from_value(best.get("selection")?);
+    let base = baseline(report)?.0?;
+    let balanced = text(report, "selection_metric") == Some("balanced_accuracy");
+    let (name, b, a) = match (balanced, sel.balanced_accuracy, base.balanced_accuracy) {
+        (true, Some(b), Some(a)) => ("balanced accuracy", b, a),
+        _ => ("accuracy", sel.accuracy?, base.accuracy?),
+    };
+    (b <= a).then(|| {
+        format!(
+            "no candidate beats the unmodified model on the selection samples: the best has \
+             {name} {} against the baseline's {}, so the unmodified model is the better choice",
+            pct(Some(b)),
+            pct(Some(a))
+        )
+    })
 }
 
 fn is_best(c: &CandidateRow, best: Option<&Value>) -> bool {
@@ -1047,6 +1076,34 @@ mod tests {
         assert_eq!(fmt_keep(0.02), "0.02");
     }
     use serde_json::json;
+
+    #[test]
+    fn a_best_candidate_that_does_not_beat_the_baseline_is_called_out() {
+        // The fixture's best beats the baseline on selection accuracy (62% vs 57%).
+        let mut r = fixture::report();
+        assert_eq!(no_gain_on_selection(&r), None);
+        assert!(!markdown(&r).contains("No gain"));
+        // 57 correct of 100 ties the baseline: a tie does not beat it.
+        r["best"]["selection"]["accuracy"] = json!(0.57);
+        let s = no_gain_on_selection(&r).unwrap();
+        assert!(
+            s.contains("accuracy 57.00% against the baseline's 57.00%"),
+            "{s}"
+        );
+        assert!(markdown(&r).contains("> **No gain:** no candidate beats"));
+        // Under balanced accuracy the best's 0.5 loses to the baseline's 0.52 even
+        // though its accuracy is higher.
+        let mut r = fixture::report();
+        r["selection_metric"] = json!("balanced_accuracy");
+        let s = no_gain_on_selection(&r).unwrap();
+        assert!(
+            s.contains("balanced accuracy 50.00% against the baseline's 52.00%"),
+            "{s}"
+        );
+        // No baseline, no verdict.
+        r.as_object_mut().unwrap().remove("baseline");
+        assert_eq!(no_gain_on_selection(&r), None);
+    }
 
     #[test]
     fn markdown_has_sections_tables_and_figures() {
