@@ -16,8 +16,8 @@
 //! stage.
 
 use super::report::{
-    baseline, count, fmt_keep, fmt_seconds, num, short_matrix_name, text, Align, Figures,
-    MetricsKind, Table, MISSING,
+    baseline, count, fmt_keep, fmt_seconds, no_gain_on_selection, num, short_matrix_name, text,
+    Align, Figures, MetricsKind, Table, MISSING,
 };
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -34,6 +34,9 @@ pub struct RunSummary {
     pub baseline_heldout: Option<Figures>,
     /// The winner: short matrix name, K and keep.
     pub winner: Option<String>,
+    /// The winner does not beat the unmodified model on the selection samples
+    /// ([`no_gain_on_selection`]).
+    pub no_gain: bool,
     pub best_heldout: Option<Figures>,
     pub candidates: usize,
     /// Seconds of the search stages computed in this run (see the module notes).
@@ -95,6 +98,7 @@ pub fn summarize(label: &str, report: &Value) -> RunSummary {
             .to_string(),
         baseline_heldout,
         winner,
+        no_gain: no_gain_on_selection(report).is_some(),
         best_heldout,
         candidates: report
             .get("candidates")
@@ -171,7 +175,11 @@ pub fn comparison(runs: &[(String, Value)]) -> String {
             held.and_then(|f| f.majority_class_rate)
                 .map_or_else(|| MISSING.to_string(), |m| format!("{m:.4}")),
             figures_cell(r.baseline_heldout.as_ref()),
-            r.winner.clone().unwrap_or_else(|| MISSING.to_string()),
+            match (&r.winner, r.no_gain) {
+                (Some(w), true) => format!("{w} (no gain over the baseline on selection)"),
+                (Some(w), false) => w.clone(),
+                (None, _) => MISSING.to_string(),
+            },
             figures_cell(r.best_heldout.as_ref()),
             r.candidates.to_string(),
             fmt_seconds(r.search_seconds),
@@ -259,6 +267,11 @@ mod tests {
         );
         assert_eq!(s.mode, "gradient");
         assert!(s.winner.is_some());
+        assert!(!s.no_gain, "the fixture's best beats its baseline");
+        let mut r = r;
+        r["best"]["selection"]["accuracy"] = json!(0.5);
+        assert!(summarize("out/x", &r).no_gain);
+        assert!(comparison(&[("x".into(), r)]).contains("(no gain over the baseline on selection)"));
     }
 
     #[test]
