@@ -39,11 +39,10 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
                 file.display()
             );
         }
-        runs.push((p.display().to_string(), report));
+        runs.push(summarize(&p.display().to_string(), &report));
     }
     let json = serde_json::json!({
-        "runs": runs.iter().map(|(l, r)| {
-            let s = summarize(l, r);
+        "runs": runs.iter().map(|s| {
             serde_json::json!({
                 "run": s.label, "task": s.task, "mode": s.mode,
                 "selection_metric": s.selection_metric, "winner": s.winner,

@@ -16,8 +16,8 @@
 //! stage.
 
 use super::report::{
-    baseline, count, fmt_keep, fmt_seconds, no_gain_on_selection, num, short_matrix_name, text,
-    Align, Figures, MetricsKind, Table, MISSING,
+    baseline, count, fixed, fmt_hist, fmt_keep, fmt_seconds, no_gain_on_selection, num,
+    short_matrix_name, stage_records, text, Align, Figures, MetricsKind, Table, MISSING,
 };
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -73,12 +73,7 @@ pub fn summarize(label: &str, report: &Value) -> RunSummary {
     let mut search_seconds = 0.0;
     let mut search_cached = 0;
     let mut heldout_seconds = 0.0;
-    for r in report
-        .get("stages")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
+    for r in stage_records(report) {
         let heldout =
             text(r, "stage") == Some("evaluate") && text(r, "instance").is_some_and(is_heldout);
         let secs = num(r, "seconds").filter(|s| s.is_finite()).unwrap_or(0.0);
@@ -125,16 +120,13 @@ fn figures_cell(f: Option<&Figures>) -> String {
     let Some(f) = f else {
         return MISSING.to_string();
     };
-    let mut s = f
-        .accuracy
-        .map_or_else(|| MISSING.to_string(), |a| format!("{a:.4}"));
+    let mut s = fixed(f.accuracy, 4);
     if f.kind == MetricsKind::Classification {
         if let Some(b) = f.balanced_accuracy {
             let _ = write!(s, " / {b:.3}");
         }
-        if let Some(h) = &f.predicted_histogram {
-            let parts: Vec<String> = h.iter().map(u64::to_string).collect();
-            let _ = write!(s, " [{}]", parts.join(", "));
+        if f.predicted_histogram.is_some() {
+            let _ = write!(s, " {}", fmt_hist(f.predicted_histogram.as_ref()));
         }
         if f.collapsed == Some(true) {
             s.push_str(" COLLAPSED");
@@ -143,11 +135,10 @@ fn figures_cell(f: Option<&Figures>) -> String {
     s
 }
 
-/// The comparison of `runs` (label, report) as Markdown: the table, then one speedup
+/// The comparison of runs ([`summarize`]d) as Markdown: the table, then one speedup
 /// line per task and selection metric that has both a c2i and a LASER run (the first
 /// of each, in the order given).
-pub fn comparison(runs: &[(String, Value)]) -> String {
-    let rows: Vec<RunSummary> = runs.iter().map(|(l, r)| summarize(l, r)).collect();
+pub fn comparison(rows: &[RunSummary]) -> String {
     let mut out = String::new();
     let mut t = Table::new(&[
         ("run", Align::Left),
@@ -164,7 +155,7 @@ pub fn comparison(runs: &[(String, Value)]) -> String {
         ("held-out s", Align::Right),
         ("run s", Align::Right),
     ]);
-    for r in &rows {
+    for r in rows {
         let held = r.best_heldout.as_ref().or(r.baseline_heldout.as_ref());
         t.row(vec![
             r.label.clone(),
@@ -237,6 +228,11 @@ mod tests {
         json!({"stage": stage, "instance": instance, "outcome": outcome, "seconds": seconds, "key": "k"})
     }
 
+    fn md(runs: &[(&str, Value)]) -> String {
+        let rows: Vec<RunSummary> = runs.iter().map(|(l, r)| summarize(l, r)).collect();
+        comparison(&rows)
+    }
+
     fn run(mode: &str, stages: Vec<Value>) -> Value {
         let mut r = fixture::report();
         r["mode"] = json!(mode);
@@ -271,7 +267,7 @@ mod tests {
         let mut r = r;
         r["best"]["selection"]["accuracy"] = json!(0.5);
         assert!(summarize("out/x", &r).no_gain);
-        assert!(comparison(&[("x".into(), r)]).contains("(no gain over the baseline on selection)"));
+        assert!(md(&[("x", r)]).contains("(no gain over the baseline on selection)"));
     }
 
     #[test]
@@ -289,18 +285,18 @@ mod tests {
                 90.0,
             )],
         );
-        let md = comparison(&[("c".into(), c.clone()), ("l".into(), l)]);
-        assert!(md.contains(": **4.5x**."), "{md}");
-        assert!(md.contains("| c2i ("), "{md}");
-        assert!(md.contains("| LASER exhaustive ("), "{md}");
+        let table = md(&[("c", c.clone()), ("l", l)]);
+        assert!(table.contains(": **4.5x**."), "{table}");
+        assert!(table.contains("| c2i ("), "{table}");
+        assert!(table.contains("| LASER exhaustive ("), "{table}");
         let warm = run(
             "laser",
             vec![stage("evaluate", "m K=1 keep=0.9, Selection", "hit", 0.0)],
         );
-        let md = comparison(&[("c".into(), c), ("l".into(), warm)]);
+        let table = md(&[("c", c), ("l", warm)]);
         assert!(
-            md.contains("not a cold comparison: 1 search stages"),
-            "{md}"
+            table.contains("not a cold comparison: 1 search stages"),
+            "{table}"
         );
     }
 
@@ -309,8 +305,8 @@ mod tests {
         let c = run("gradient", vec![]);
         let mut l = run("laser", vec![]);
         l["selection_metric"] = json!("balanced_accuracy");
-        let md = comparison(&[("c".into(), c), ("l".into(), l)]);
-        assert!(!md.contains("searched"), "{md}");
+        let table = md(&[("c", c), ("l", l)]);
+        assert!(!table.contains("searched"), "{table}");
     }
 
     #[test]
@@ -335,7 +331,7 @@ mod tests {
 
     #[test]
     fn reports_without_stages_or_best_still_render() {
-        let md = comparison(&[("empty".into(), json!({}))]);
-        assert!(md.contains("| empty | — |"), "{md}");
+        let table = md(&[("empty", json!({}))]);
+        assert!(table.contains("| empty | — |"), "{table}");
     }
 }

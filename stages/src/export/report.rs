@@ -179,6 +179,16 @@ pub(crate) fn majority_rate(report: &Value) -> Option<f64> {
         })
 }
 
+/// The run's stage records (`stages`: stage, instance, key, outcome, seconds), in the
+/// order the DAG ran them; none when the report has no such array.
+pub(crate) fn stage_records(report: &Value) -> &[Value] {
+    report
+        .get("stages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
 /// `model.layers.27.mlp.down_proj.weight` → `layers.27.mlp.down_proj`.
 pub(crate) fn short_matrix_name(name: &str) -> &str {
     let s = name.strip_prefix("model.").unwrap_or(name);
@@ -242,7 +252,7 @@ fn pct(v: Option<f64>) -> String {
     }
 }
 
-fn fixed(v: Option<f64>, decimals: usize) -> String {
+pub(crate) fn fixed(v: Option<f64>, decimals: usize) -> String {
     match v {
         Some(x) if x.is_finite() => format!("{x:.decimals$}"),
         _ => MISSING.to_string(),
@@ -259,7 +269,7 @@ fn fmt_score(v: Option<f64>) -> String {
     }
 }
 
-fn fmt_hist(h: Option<&Vec<u64>>) -> String {
+pub(crate) fn fmt_hist(h: Option<&Vec<u64>>) -> String {
     match h {
         Some(h) => {
             let parts: Vec<String> = h.iter().map(u64::to_string).collect();
@@ -852,11 +862,7 @@ struct StageTotals {
 
 fn section_stages(out: &mut String, report: &Value) {
     out.push_str("## Stage timings\n\n");
-    let records = report
-        .get("stages")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+    let records = stage_records(report);
     // In order of first appearance, which is the order the DAG ran them.
     let mut totals: Vec<(String, StageTotals)> = Vec::new();
     for r in records {
@@ -1065,6 +1071,7 @@ pub(crate) mod fixture {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn keep_values_print_without_float_noise() {
@@ -1075,7 +1082,6 @@ mod tests {
         assert_eq!(fmt_keep(1.0), "1");
         assert_eq!(fmt_keep(0.02), "0.02");
     }
-    use serde_json::json;
 
     #[test]
     fn a_best_candidate_that_does_not_beat_the_baseline_is_called_out() {
