@@ -92,11 +92,9 @@ fn reuse_follows_the_keys_and_verify_catches_corruption() {
     // Every blob the default configuration needs; later runs with other parameters add
     // blobs the final default run never reads, so the corruption below picks from these.
     let default_blobs = blobs(&cache);
-    std::fs::copy(
-        pipeline.parent().unwrap().join("out/report.json"),
-        tmp.path().join("cold-report.json"),
-    )
-    .unwrap();
+    let out_dir = pipeline.parent().unwrap().join("out");
+    let cold_report = tmp.path().join("cold-report.json");
+    std::fs::copy(out_dir.join("report.json"), &cold_report).unwrap();
 
     // The same run again: every stage is a hit, nothing is computed (no forward).
     let warm = run(&pipeline, &cache, &[]);
@@ -111,8 +109,6 @@ fn reuse_follows_the_keys_and_verify_catches_corruption() {
 
     // compare reads the engine's real reports: the cold run's search cost is what it
     // computed; the warm run computed nothing and says how much it reused.
-    let out_dir = pipeline.parent().unwrap().join("out");
-    let cold_report = tmp.path().join("cold-report.json");
     let out = c2i(&[
         "--json",
         "compare",
