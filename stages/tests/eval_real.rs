@@ -13,7 +13,7 @@ use c2i_stages::eval::choice::{choice_log_probs, tree_batch};
 use c2i_stages::eval::generate::{eos_token_id, greedy_generate, greedy_generate_uncached};
 use c2i_stages::eval::metrics::{classification_metrics, mean_log_loss};
 use c2i_stages::eval::{
-    evaluate, first_changed_layer, EvalOptions, EvalResult, EvalSet, Prediction, Prefix,
+    evaluate, first_changed_layer, EvalOptions, EvalResult, EvalSet, Forward, Prediction, Prefix,
     SampleAnswer, TaskMetrics,
 };
 use c2i_stages::factor::{factor_matrix, RowMajor};
@@ -237,6 +237,97 @@ fn prefix_reuse_matches_full_forward_for_a_rank_reduced_candidate() {
         tg_full / tg_reused,
         gprefix.bytes() as f64 / 1e6
     );
+}
+
+/// The hand-written tree forward (the default) against candle's padded one, side by side
+/// on the same rows: the base model from the embeddings, and a rank-reduced candidate
+/// from a prefix computed each way.
+#[test]
+fn kernel_forward_matches_candle_forward() {
+    let f = fixture();
+    let candle = EvalOptions {
+        forward: Forward::Candle,
+        ..EvalOptions::default()
+    };
+    let kernels = EvalOptions::default();
+    assert_eq!(kernels.forward, Forward::Auto);
+    let id = MatrixId::new(11, MatrixKind::Down);
+    let mut replace = BTreeMap::new();
+    replace.insert(id, low_rank(&f.loaded.weights, id, 0.1));
+    let cand = Llama::with_matrices(&f.loaded.weights, &replace).unwrap();
+    let from = first_changed_layer(&replace);
+    for (task, n) in [(Task::EpistemicReasoning, 32), (Task::TruthfulQa, 16)] {
+        let all = examples(task);
+        let rows = eval_rows(task, &all, n);
+        let set = EvalSet::from_rows(task, &all, &rows, &f.loaded.tokenizer, f.eos).unwrap();
+        let timed = |model: &Llama, prefix: Option<&Prefix>, opts: &EvalOptions| {
+            let t = Instant::now();
+            let r = evaluate(
+                model,
+                &set,
+                prefix,
+                if prefix.is_some() { from } else { 0 },
+                opts,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            (r, t.elapsed().as_secs_f64())
+        };
+        let (base_c, t_base_c) = timed(&f.base, None, &candle);
+        let (base_k, t_base_k) = timed(&f.base, None, &kernels);
+        let d_base = max_diff(&choice_lps(&base_c), &choice_lps(&base_k));
+        assert!(
+            d_base < 1e-3,
+            "{task} base: kernels vs candle max |diff| {d_base}"
+        );
+        let pc = Prefix::compute(&f.base, &set, &[from], &candle, &mut |_, _| {}).unwrap();
+        let pk = Prefix::compute(&f.base, &set, &[from], &kernels, &mut |_, _| {}).unwrap();
+        let (cand_c, t_cand_c) = timed(&cand, Some(&pc), &candle);
+        let (cand_k, t_cand_k) = timed(&cand, Some(&pk), &kernels);
+        let d_cand = max_diff(&choice_lps(&cand_c), &choice_lps(&cand_k));
+        assert!(
+            d_cand < 1e-3,
+            "{task} candidate: kernels vs candle max |diff| {d_cand}"
+        );
+        // The candidate really moved the log-probs, further than the two forwards differ.
+        let moved = max_diff(&choice_lps(&base_k), &choice_lps(&cand_k));
+        assert!(
+            moved > 100.0 * d_cand.max(1e-6),
+            "{task}: moved {moved} vs {d_cand}"
+        );
+        // Same predictions, except where the two choices are closer than the difference.
+        for (a, b) in base_c
+            .records
+            .iter()
+            .zip(&base_k.records)
+            .chain(cand_c.records.iter().zip(&cand_k.records))
+        {
+            if let (
+                Prediction::Choice {
+                    index: ia,
+                    log_probs: la,
+                },
+                Prediction::Choice { index: ib, .. },
+            ) = (&a.prediction, &b.prediction)
+            {
+                let mut s = la.clone();
+                s.sort_by(|x, y| y.total_cmp(x));
+                if s[0] - s[1] > 1e-3 {
+                    assert_eq!(ia, ib, "{task} row {}", a.row);
+                }
+            }
+        }
+        println!(
+            "{task}, {} samples (micro-batch {}): base model candle {t_base_c:.2} s vs kernels \
+             {t_base_k:.2} s (x{:.2}), max |diff| {d_base:.1e}; {} from layer {from}: candle \
+             {t_cand_c:.2} s vs kernels {t_cand_k:.2} s (x{:.2}), max |diff| {d_cand:.1e}",
+            set.len(),
+            kernels.micro_batch,
+            t_base_c / t_base_k,
+            id.hf_name(),
+            t_cand_c / t_cand_k,
+        );
+    }
 }
 
 #[test]

@@ -19,8 +19,10 @@
 //! ([`Llama::answer_log_probs`]). A choice's score is the sum over its tokens (LASER's
 //! rule, see [`evaluator`](super::evaluator)).
 
-use super::evaluator::{EvalError, EvalSet, SampleAnswer};
+use super::evaluator::{EvalError, EvalSet, Forward, SampleAnswer};
 use super::prefix::Start;
+use crate::model::ops::llama_grad::{self, RopeTable};
+use crate::model::ops::tree::{tree_layers, TreeLayout};
 use crate::model::{Batch, Llama, ModelError, Target};
 use candle_core::{DType, Device, Tensor};
 use std::ops::Range;
@@ -33,6 +35,9 @@ pub struct ChoiceBatch {
     pub targets: Vec<Target>,
     /// For each row and choice, its range in `targets`.
     pub spans: Vec<Vec<Range<usize>>>,
+    /// For each row, the prompt's length and each choice's (the packed layout of
+    /// [`TreeLayout`]).
+    pub trees: Vec<(usize, Vec<usize>)>,
 }
 
 /// Builds the tree-shaped batch of `rows` = (prompt, choices) pairs. The prompt and
@@ -60,6 +65,10 @@ pub fn tree_batch(rows: &[(&[u32], &[Vec<u32>])], dev: &Device) -> Result<Choice
     let mut bias = vec![-1e9f32; b * t * t];
     let mut targets = Vec::new();
     let mut spans = Vec::with_capacity(b);
+    let trees = rows
+        .iter()
+        .map(|(p, cs)| (p.len(), cs.iter().map(Vec::len).collect()))
+        .collect();
     for (r, (prompt, choices)) in rows.iter().enumerate() {
         let p = prompt.len();
         let base = r * t;
@@ -107,6 +116,7 @@ pub fn tree_batch(rows: &[(&[u32], &[Vec<u32>])], dev: &Device) -> Result<Choice
         batch,
         targets,
         spans,
+        trees,
     })
 }
 
@@ -138,9 +148,10 @@ pub(crate) fn score_batch(
     set: &EvalSet,
     idx: &[usize],
     start: &Start<'_>,
+    forward: Forward,
 ) -> Result<Vec<Vec<f64>>, EvalError> {
     let cb = batch_for(set, idx, model.embed.device())?;
-    let h = hidden_from(model, &cb.batch, start)?;
+    let h = hidden_from(model, &cb, start, forward)?;
     choice_log_probs(model, &h, &cb)
 }
 
@@ -168,13 +179,55 @@ pub(crate) fn batch_for(
 }
 
 /// Hidden states after the last layer, from the embeddings or from a prefix.
-fn hidden_from(model: &Llama, batch: &Batch, start: &Start<'_>) -> Result<Tensor, EvalError> {
+fn hidden_from(
+    model: &Llama,
+    cb: &ChoiceBatch,
+    start: &Start<'_>,
+    forward: Forward,
+) -> Result<Tensor, EvalError> {
     let n = model.layers.len();
     let (h, from) = match start {
-        Start::Embed => (model.embed(batch)?, 0),
+        Start::Embed => (model.embed(&cb.batch)?, 0),
         Start::Prefix { hidden, layer, .. } => ((*hidden).clone(), *layer),
     };
-    Ok(model.run_layers(&h, from..n, batch)?)
+    run_layers(model, cb, &h, from..n, forward)
+}
+
+/// Runs layers `range` of `model` on the padded hidden states `h` (batch, time, hidden)
+/// of the tree batch `cb`: on the hand-written kernels ([`tree_layers`], packed without
+/// padding) when `forward` allows it and the model is f32 on the CPU, on candle's ops
+/// otherwise. Padded slots of the result are zero on the first path and finite
+/// garbage on the second; nobody reads them.
+pub(crate) fn run_layers(
+    model: &Llama,
+    cb: &ChoiceBatch,
+    h: &Tensor,
+    range: Range<usize>,
+    forward: Forward,
+) -> Result<Tensor, EvalError> {
+    if forward == Forward::Candle || !llama_grad::supported_llama::<f32>(model) {
+        return Ok(model.run_layers(h, range, &cb.batch)?);
+    }
+    let (b, t, d) = h.dims3()?;
+    let padded: Vec<f32> = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let lens = &cb.batch.lens;
+    let mut packed = Vec::with_capacity(lens.iter().sum::<usize>() * d);
+    for (r, &len) in lens.iter().enumerate() {
+        packed.extend_from_slice(&padded[r * t * d..(r * t + len) * d]);
+    }
+    drop(padded);
+    let layout = TreeLayout::new(&cb.trees)?;
+    let rope_t = RopeTable::<f32>::new(&model.config, layout.positions());
+    let out = llama_grad::with_llama::<f32, _>(model, |m| {
+        tree_layers(m, &layout, packed, range, &rope_t)
+    })??;
+    let mut padded = vec![0f32; b * t * d];
+    let mut at = 0;
+    for (r, &len) in lens.iter().enumerate() {
+        padded[r * t * d..(r * t + len) * d].copy_from_slice(&out[at..at + len * d]);
+        at += len * d;
+    }
+    Ok(Tensor::from_vec(padded, (b, t, d), h.device())?)
 }
 
 #[cfg(test)]

@@ -118,6 +118,22 @@ pub struct EvalOptions {
     pub max_batch_tokens: usize,
     /// [`ClassificationMetrics::collapsed`] threshold.
     pub collapse_threshold: f64,
+    /// Which forward scores answer choices.
+    #[serde(default)]
+    pub forward: Forward,
+}
+
+/// Which implementation of the layers scores answer choices (generation always runs on
+/// candle's ops, with its KV cache).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forward {
+    /// The hand-written kernels of the gradient pass (packed trees, no padding) when the
+    /// model is f32 on the CPU; candle's ops otherwise.
+    #[default]
+    Auto,
+    /// Always candle's ops (padded trees): the reference the kernels are tested against.
+    Candle,
 }
 
 impl Default for EvalOptions {
@@ -126,6 +142,7 @@ impl Default for EvalOptions {
             micro_batch: 16,
             max_batch_tokens: 4096,
             collapse_threshold: DEFAULT_COLLAPSE_THRESHOLD,
+            forward: Forward::Auto,
         }
     }
 }
@@ -624,7 +641,7 @@ pub fn evaluate(
         };
         match set.task.kind() {
             TaskKind::Classification => {
-                let out = choice::score_batch(model, set, idx, &start)?;
+                let out = choice::score_batch(model, set, idx, &start, opts.forward)?;
                 for (&i, lps) in idx.iter().zip(out) {
                     raw[i] = Some(Raw::Choice(lps));
                 }

@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod prefix;
 
 pub use evaluator::{
-    evaluate, first_changed_layer, EvalError, EvalOptions, EvalResult, EvalSample, EvalSet, Gold,
-    Prediction, SampleAnswer, SampleRecord, TaskMetrics,
+    evaluate, first_changed_layer, EvalError, EvalOptions, EvalResult, EvalSample, EvalSet,
+    Forward, Gold, Prediction, SampleAnswer, SampleRecord, TaskMetrics,
 };
 pub use prefix::Prefix;

@@ -92,7 +92,7 @@ impl Prefix {
                         let mut hidden = BTreeMap::new();
                         let mut from = 0;
                         for &l in &kept {
-                            h = base.run_layers(&h, from..l, &cb.batch)?;
+                            h = choice::run_layers(base, &cb, &h, from..l, opts.forward)?;
                             hidden.insert(l, h.clone());
                             from = l;
                         }

@@ -14,7 +14,7 @@ use super::kernels::{
 };
 use super::linear::{add_into, matmul, Operand, WeightMat};
 use super::Real;
-use crate::model::{LlamaConfig, MatrixId, MatrixKind, ModelError, Weights};
+use crate::model::{Llama, LlamaConfig, MatrixId, MatrixKind, ModelError, Weights};
 use candle_core::{Device, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -51,64 +51,122 @@ pub fn supported<T: Real>(weights: &Weights) -> bool {
         .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == T::DTYPE)
 }
 
+/// One tensor the hand-written passes read, in the order [`borrow`] expects.
+enum Part {
+    Embed,
+    Norm,
+    LmHead,
+    LayerNorm(usize, &'static str),
+    Matrix(MatrixId),
+}
+
+impl Part {
+    /// Every part of a model of config `c`, in [`borrow`]'s order, with its shape.
+    fn all(c: &LlamaConfig) -> Vec<(Part, Vec<usize>)> {
+        let d = c.hidden_size;
+        let mut parts = vec![(Part::Embed, vec![c.vocab_size, d]), (Part::Norm, vec![d])];
+        if !c.tie_word_embeddings {
+            parts.push((Part::LmHead, vec![c.vocab_size, d]));
+        }
+        for l in 0..c.num_hidden_layers {
+            for n in ["input_layernorm", "post_attention_layernorm"] {
+                parts.push((Part::LayerNorm(l, n), vec![d]));
+            }
+            for kind in MatrixKind::ALL {
+                let (rows, cols) = matrix_shape(c, kind);
+                parts.push((Part::Matrix(MatrixId::new(l, kind)), vec![rows, cols]));
+            }
+        }
+        parts
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Part::Embed => "model.embed_tokens.weight".into(),
+            Part::Norm => "model.norm.weight".into(),
+            Part::LmHead => "lm_head.weight".into(),
+            Part::LayerNorm(l, n) => format!("model.layers.{l}.{n}.weight"),
+            Part::Matrix(id) => id.hf_name(),
+        }
+    }
+}
+
 /// Calls `f` with slices of the weights (read-locked for the duration, no copies unless
 /// a tensor is not contiguous).
 pub fn with_weights<T: Real, R>(
     weights: &Weights,
     f: impl FnOnce(&ModelWeights<'_, T>) -> R,
 ) -> Result<R, ModelError> {
-    let c = &weights.config;
-    let (d, hd) = (c.hidden_size, c.head_dim());
-    let (qw, kw, im) = (
-        c.num_attention_heads * hd,
-        c.num_key_value_heads * hd,
-        c.intermediate_size,
-    );
+    borrow(&weights.config, &weights.source, f, |part| match part {
+        Part::Matrix(id) => weights.matrix(*id),
+        other => weights.get(&other.name()),
+    })
+}
+
+/// [`with_weights`] for a built model (a candidate's replaced matrices included).
+pub fn with_llama<T: Real, R>(
+    model: &Llama,
+    f: impl FnOnce(&ModelWeights<'_, T>) -> R,
+) -> Result<R, ModelError> {
+    let source = std::path::Path::new("<model in memory>");
+    borrow(&model.config, source, f, |part| {
+        Ok(match part {
+            Part::Embed => &model.embed,
+            Part::Norm => &model.norm,
+            Part::LmHead => &model.lm_head,
+            Part::LayerNorm(l, n) => {
+                let layer = &model.layers[*l];
+                if *n == "input_layernorm" {
+                    &layer.input_norm
+                } else {
+                    &layer.post_norm
+                }
+            }
+            Part::Matrix(id) => model.layers[id.layer].matrix(id.kind),
+        })
+    })
+}
+
+/// Whether [`with_llama`] can run on this model: dense CPU tensors of dtype `T`.
+pub fn supported_llama<T: Real>(model: &Llama) -> bool {
+    let ok = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == T::DTYPE;
+    ok(&model.embed)
+        && ok(&model.norm)
+        && ok(&model.lm_head)
+        && model.layers.iter().all(|l| {
+            ok(&l.input_norm)
+                && ok(&l.post_norm)
+                && MatrixKind::ALL.iter().all(|&k| ok(l.matrix(k)))
+        })
+}
+
+/// Checks every part's shape, dtype and device, read-locks their storages and calls `f`
+/// with slices of them.
+fn borrow<'t, T: Real, R>(
+    c: &LlamaConfig,
+    source: &std::path::Path,
+    f: impl FnOnce(&ModelWeights<'_, T>) -> R,
+    get: impl Fn(&Part) -> Result<&'t Tensor, ModelError>,
+) -> Result<R, ModelError> {
     let mut tensors: Vec<(Tensor, usize)> = Vec::new();
-    let mut add = |t: &Tensor, want: &[usize], name: &str| -> Result<(), ModelError> {
-        if t.dims() != want {
+    for (part, want) in Part::all(c) {
+        let t = get(&part)?;
+        if t.dims() != want.as_slice() {
             return Err(ModelError::Shape {
-                path: weights.source.clone(),
-                name: name.to_string(),
-                expected: want.to_vec(),
+                path: source.to_path_buf(),
+                name: part.name(),
+                expected: want,
                 found: t.dims().to_vec(),
             });
         }
         if !matches!(t.device(), Device::Cpu) || t.dtype() != T::DTYPE {
             return Err(ModelError::Input(format!(
-                "{name}: the hand-written pass needs {:?} tensors on the CPU",
+                "{}: the hand-written pass needs {:?} tensors on the CPU",
+                part.name(),
                 T::DTYPE
             )));
         }
         tensors.push((t.contiguous()?, want.iter().product()));
-        Ok(())
-    };
-    let emb = "model.embed_tokens.weight";
-    add(weights.get(emb)?, &[c.vocab_size, d], emb)?;
-    add(weights.get("model.norm.weight")?, &[d], "model.norm.weight")?;
-    if !c.tie_word_embeddings {
-        add(
-            weights.get("lm_head.weight")?,
-            &[c.vocab_size, d],
-            "lm_head.weight",
-        )?;
-    }
-    for l in 0..c.num_hidden_layers {
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            let name = format!("model.layers.{l}.{n}.weight");
-            add(weights.get(&name)?, &[d], &name)?;
-        }
-        for kind in MatrixKind::ALL {
-            let id = MatrixId::new(l, kind);
-            let shape = match kind {
-                MatrixKind::Q => [qw, d],
-                MatrixKind::K | MatrixKind::V => [kw, d],
-                MatrixKind::O => [d, qw],
-                MatrixKind::Gate | MatrixKind::Up => [im, d],
-                MatrixKind::Down => [d, im],
-            };
-            add(weights.matrix(id)?, &shape, &id.hf_name())?;
-        }
     }
     let guards: Vec<_> = tensors
         .iter()
@@ -325,8 +383,8 @@ fn kind_index(kind: MatrixKind) -> usize {
 
 /// Cosine and sine tables in `T`.
 pub struct RopeTable<T> {
-    cos: Vec<T>,
-    sin: Vec<T>,
+    pub(super) cos: Vec<T>,
+    pub(super) sin: Vec<T>,
 }
 
 impl<T: Real> RopeTable<T> {
@@ -339,12 +397,12 @@ impl<T: Real> RopeTable<T> {
     }
 }
 
-fn zeros<T: Real>(n: usize) -> Vec<T> {
+pub(super) fn zeros<T: Real>(n: usize) -> Vec<T> {
     vec![T::zero_(); n]
 }
 
 /// y (n x out) (+)= x (n x in) · Wᵀ, W row-major (out x in).
-fn linear<T: Real>(
+pub(super) fn linear<T: Real>(
     x: &mut Vec<T>,
     w: &WeightMat<'_, T>,
     out_f: usize,
@@ -427,7 +485,7 @@ fn linear_dw<T: Real>(
 }
 
 /// Rows `rows` of a `(?, w)` matrix.
-fn gather_rows<T: Real>(src: &[T], w: usize, rows: &[usize]) -> Vec<T> {
+pub(super) fn gather_rows<T: Real>(src: &[T], w: usize, rows: &[usize]) -> Vec<T> {
     let mut out = Vec::with_capacity(rows.len() * w);
     for &r in rows {
         out.extend_from_slice(&src[r * w..(r + 1) * w]);
@@ -519,17 +577,17 @@ struct Saved<T> {
     u: Vec<T>,
 }
 
-struct Dims {
-    d: usize,
-    qw: usize,
-    kw: usize,
-    im: usize,
-    heads: Heads,
-    eps: f64,
+pub(super) struct Dims {
+    pub(super) d: usize,
+    pub(super) qw: usize,
+    pub(super) kw: usize,
+    pub(super) im: usize,
+    pub(super) heads: Heads,
+    pub(super) eps: f64,
 }
 
 impl Dims {
-    fn new(c: &LlamaConfig) -> Dims {
+    pub(super) fn new(c: &LlamaConfig) -> Dims {
         let hd = c.head_dim();
         Dims {
             d: c.hidden_size,

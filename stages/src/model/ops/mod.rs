@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod linear;
 pub mod llama_grad;
 pub mod real;
+pub mod tree;
 
 pub use real::Real;
 
