@@ -46,6 +46,14 @@ fn exported_model_reproduces_the_reported_heldout_accuracy() {
     assert!(factored["params"].as_u64().unwrap() < factored["dense_params"].as_u64().unwrap());
 
     let loaded = Weights::load_hf_dir(&tmp.path().join("out/model")).unwrap();
+    // The special tokens are named for Hugging Face loaders (generate stops at <|im_end|>).
+    let read = |f: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(tmp.path().join("out/model").join(f)).unwrap())
+            .unwrap()
+    };
+    let eos_id = loaded.tokenizer.token_to_id("<|im_end|>").unwrap();
+    assert_eq!(read("config.json")["eos_token_id"], eos_id);
+    assert_eq!(read("tokenizer_config.json")["eos_token"], "<|im_end|>");
     let examples = data::load(Task::EpistemicReasoning, &data_file).unwrap();
     let rows: Vec<usize> = serde_json::from_value(report["rows"]["heldout"].clone()).unwrap();
     let eos = loaded.tokenizer.token_to_id("<|im_end|>");

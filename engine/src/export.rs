@@ -52,6 +52,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     }
 }
 
+/// The chat tokens the evaluation uses (SmolLM2's): a turn opens with the first and
+/// the model ends its answer with the second.
+const BOS: &str = "<|im_start|>";
+const EOS: &str = "<|im_end|>";
+
+/// `config.json` and `tokenizer_config.json` for a Hugging Face loader: the special
+/// tokens are named where the tokenizer has them (`id_of`), so `generate` stops at the
+/// end of a turn as it does in the evaluation.
+fn hf_configs(
+    config: &c2i_stages::model::LlamaConfig,
+    id_of: impl Fn(&str) -> Option<u32>,
+) -> (serde_json::Value, serde_json::Value) {
+    let mut cfg = config.to_hf_config();
+    let mut tok = serde_json::json!({ "model_max_length": config.max_position_embeddings });
+    for (field, text) in [("bos", BOS), ("eos", EOS), ("pad", EOS)] {
+        if let Some(id) = id_of(text) {
+            if field != "pad" {
+                cfg[format!("{field}_token_id")] = id.into();
+            }
+            tok[format!("{field}_token")] = text.into();
+        }
+    }
+    (cfg, tok)
+}
+
 /// Writes the adapted model under `dir/model/` (and `dir/factored.safetensors`).
 pub fn export(
     db: &dyn EngineDb,
@@ -64,6 +89,8 @@ pub fn export(
     let facts = db::factors(db, MatrixReq::new(db, setup, best.matrix, best.blocks))
         .map_err(EngineError::Stage)?;
     let stamp = serde_json::json!({
+        // 2: config.json names the special tokens, and tokenizer_config.json is written.
+        "layout": 2,
         "model": Digest::from_bytes(setup.model_digest(db)).to_hex(),
         "matrix": best.matrix.hf_name(),
         "factors": facts.0.key.to_hex(),
@@ -110,11 +137,12 @@ pub fn export(
                 tensors.remove("lm_head.weight");
             }
             save_safetensors(&tensors, &meta, &st)?;
+            let (config, tokenizer_config) =
+                hf_configs(&adapted.config, |t| loaded.tokenizer.token_to_id(t));
             let cfg = model_dir.join("config.json");
-            write_atomic(
-                &cfg,
-                &serde_json::to_vec_pretty(&adapted.config.to_hf_config())?,
-            )?;
+            write_atomic(&cfg, &serde_json::to_vec_pretty(&config)?)?;
+            let tcfg = model_dir.join("tokenizer_config.json");
+            write_atomic(&tcfg, &serde_json::to_vec_pretty(&tokenizer_config)?)?;
             let tok = model_dir.join("tokenizer.json");
             loaded.tokenizer.save(&tok, true).map_err(|e| {
                 EngineError::Invalid(format!(
@@ -166,4 +194,47 @@ pub fn export(
         });
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c2i_stages::model::LlamaConfig;
+
+    fn config() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 10,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+            max_position_embeddings: 64,
+        }
+    }
+
+    #[test]
+    fn special_tokens_named_only_where_the_tokenizer_has_them() {
+        let ids = |t: &str| match t {
+            "<|im_start|>" => Some(1),
+            "<|im_end|>" => Some(2),
+            _ => None,
+        };
+        let (cfg, tok) = hf_configs(&config(), ids);
+        assert_eq!(cfg["bos_token_id"], 1);
+        assert_eq!(cfg["eos_token_id"], 2);
+        assert_eq!(cfg["num_hidden_layers"], 2);
+        assert!(cfg.get("pad_token_id").is_none());
+        assert_eq!(tok["bos_token"], "<|im_start|>");
+        assert_eq!(tok["eos_token"], "<|im_end|>");
+        assert_eq!(tok["pad_token"], "<|im_end|>");
+        assert_eq!(tok["model_max_length"], 64);
+
+        let (cfg, tok) = hf_configs(&config(), |_| None);
+        assert!(cfg.get("eos_token_id").is_none() && cfg.get("bos_token_id").is_none());
+        assert!(tok.get("eos_token").is_none());
+    }
 }
