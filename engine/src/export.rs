@@ -8,6 +8,7 @@
 
 use crate::db::{self, Candidate, EngineDb, MatrixReq, Setup};
 use crate::runner::write_atomic;
+use crate::stages::{END_OF_TURN, START_OF_TURN};
 use crate::EngineError;
 use c2i_cache::Digest;
 use c2i_stages::compress::{dense_candidate, factored_candidate};
@@ -52,13 +53,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     }
 }
 
-/// The chat tokens the evaluation uses (SmolLM2's): a turn opens with the first and
-/// the model ends its answer with the second.
-const BOS: &str = "<|im_start|>";
-const EOS: &str = "<|im_end|>";
-
-/// `config.json` and `tokenizer_config.json` for a Hugging Face loader: the special
-/// tokens are named where the tokenizer has them (`id_of`), so `generate` stops at the
+/// `config.json` and `tokenizer_config.json` for a Hugging Face loader: the chat
+/// tokens of the evaluation ([`START_OF_TURN`], [`END_OF_TURN`]) are named where the tokenizer has them (`id_of`), so `generate` stops at the
 /// end of a turn as it does in the evaluation.
 fn hf_configs(
     config: &c2i_stages::model::LlamaConfig,
@@ -66,7 +62,11 @@ fn hf_configs(
 ) -> (serde_json::Value, serde_json::Value) {
     let mut cfg = config.to_hf_config();
     let mut tok = serde_json::json!({ "model_max_length": config.max_position_embeddings });
-    for (field, text) in [("bos", BOS), ("eos", EOS), ("pad", EOS)] {
+    for (field, text) in [
+        ("bos", START_OF_TURN),
+        ("eos", END_OF_TURN),
+        ("pad", END_OF_TURN),
+    ] {
         if let Some(id) = id_of(text) {
             if field != "pad" {
                 cfg[format!("{field}_token_id")] = id.into();

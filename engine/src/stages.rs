@@ -24,6 +24,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// SmolLM2's chat tokens: a turn opens with the first; the model ends its answer with
+/// the second, where generation stops (and where the exported model's `generate` stops).
+pub(crate) const START_OF_TURN: &str = "<|im_start|>";
+pub(crate) const END_OF_TURN: &str = "<|im_end|>";
+
 fn model(db: &dyn EngineDb, setup: Setup) -> Result<Arc<LoadedModel>, EngineError> {
     db.ctx().model(
         setup.model_path(db),
@@ -305,7 +310,7 @@ pub fn evaluate(db: &dyn EngineDb, req: EvalReq<'_>) -> Result<Arc<ActionEntry>,
             rows,
             blake3::hash(format!("{row_list:?}").as_bytes())
         );
-        let eos = loaded.tokenizer.token_to_id("<|im_end|>");
+        let eos = loaded.tokenizer.token_to_id(END_OF_TURN);
         let set = ctx.memo(&set_key, || {
             Ok(EvalSet::from_rows(
                 setup.task(db),

@@ -161,7 +161,8 @@ fn outcome_line(r: &RunResult) -> String {
         .join("; ")
 }
 
-fn summary(p: &Pipeline, r: &RunResult) -> String {
+/// `report` is `r` as report.json holds it (from [`write_outputs`]).
+fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
     let mut s = format!(
         "{} on {}: {:.1} s\n  {}",
         p.file.display(),
@@ -211,10 +212,7 @@ fn summary(p: &Pipeline, r: &RunResult) -> String {
             "\n  best ({}): {} K={} keep={}: selection accuracy {:.3}, held-out accuracy {:.3} (log-loss {:.4})",
             r.selection_metric, b.matrix, b.blocks, fmt_keep(b.keep), b.selection.accuracy, b.heldout.accuracy, b.heldout.log_loss
         );
-        if let Some(note) = serde_json::to_value(r)
-            .ok()
-            .and_then(|v| c2i_stages::export::report::no_gain_on_selection(&v))
-        {
+        if let Some(note) = c2i_stages::export::report::no_gain_on_selection(report) {
             s += &format!("\n  NO GAIN: {note}");
         }
     }
@@ -222,7 +220,8 @@ fn summary(p: &Pipeline, r: &RunResult) -> String {
 }
 
 /// run.json, report.json, report.md and the plots, in the pipeline's output directory.
-fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<()> {
+/// Returns the report as written to report.json.
+fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<serde_json::Value> {
     use c2i_stages::export::{plots, report};
     let dir = &p.spec.output.dir;
     write_run_json(dir, r)?;
@@ -245,7 +244,7 @@ fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(value)
 }
 
 pub fn run(args: RunArgs, out: &Output) -> Result<()> {
@@ -257,12 +256,12 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
     };
     let mut db = database(&dir, out, remote)?;
     let (_, r) = run_pipeline(&mut db, None, &p, args.until)?;
-    write_outputs(&p, &r)?;
+    let report = write_outputs(&p, &r)?;
     let peak = peak_rss_bytes();
     out.result(
         &format!(
             "{}\n  wrote run.json, report.json, report.md and plots to {}; peak RSS {}",
-            summary(&p, &r),
+            summary(&p, &r, &report),
             p.spec.output.dir.display(),
             peak.map(mib).unwrap_or_default()
         ),
@@ -299,9 +298,9 @@ pub fn sweep(args: SweepArgs, out: &Output) -> Result<()> {
         let p = Pipeline::load(&args.base.pipeline, &set)?;
         let (s, r) = run_pipeline(&mut db, prev, &p, args.base.until)?;
         prev = Some(s);
-        write_outputs(&p, &r)?;
+        let report = write_outputs(&p, &r)?;
         if !out.quiet && !out.json {
-            println!("variant {} [{v}]\n{}", i + 1, summary(&p, &r));
+            println!("variant {} [{v}]\n{}", i + 1, summary(&p, &r, &report));
             println!("  (stage instances not listed above were reused from this process's memory)");
         }
         rows.push(serde_json::json!({

@@ -56,7 +56,8 @@ enum Part {
     Embed,
     Norm,
     LmHead,
-    LayerNorm(usize, &'static str),
+    InputNorm(usize),
+    PostNorm(usize),
     Matrix(MatrixId),
 }
 
@@ -69,9 +70,8 @@ impl Part {
             parts.push((Part::LmHead, vec![c.vocab_size, d]));
         }
         for l in 0..c.num_hidden_layers {
-            for n in ["input_layernorm", "post_attention_layernorm"] {
-                parts.push((Part::LayerNorm(l, n), vec![d]));
-            }
+            parts.push((Part::InputNorm(l), vec![d]));
+            parts.push((Part::PostNorm(l), vec![d]));
             for kind in MatrixKind::ALL {
                 let (rows, cols) = matrix_shape(c, kind);
                 parts.push((Part::Matrix(MatrixId::new(l, kind)), vec![rows, cols]));
@@ -85,7 +85,8 @@ impl Part {
             Part::Embed => "model.embed_tokens.weight".into(),
             Part::Norm => "model.norm.weight".into(),
             Part::LmHead => "lm_head.weight".into(),
-            Part::LayerNorm(l, n) => format!("model.layers.{l}.{n}.weight"),
+            Part::InputNorm(l) => format!("model.layers.{l}.input_layernorm.weight"),
+            Part::PostNorm(l) => format!("model.layers.{l}.post_attention_layernorm.weight"),
             Part::Matrix(id) => id.hf_name(),
         }
     }
@@ -114,14 +115,8 @@ pub fn with_llama<T: Real, R>(
             Part::Embed => &model.embed,
             Part::Norm => &model.norm,
             Part::LmHead => &model.lm_head,
-            Part::LayerNorm(l, n) => {
-                let layer = &model.layers[*l];
-                if *n == "input_layernorm" {
-                    &layer.input_norm
-                } else {
-                    &layer.post_norm
-                }
-            }
+            Part::InputNorm(l) => &model.layers[*l].input_norm,
+            Part::PostNorm(l) => &model.layers[*l].post_norm,
             Part::Matrix(id) => model.layers[id.layer].matrix(id.kind),
         })
     })
