@@ -2,7 +2,7 @@
 //! (moto, installed and started by the test itself). Push/pull round trips, first
 //! writer wins, and damaged remote objects rejected.
 
-#[path = "../../tests/support/moto.rs"]
+#[path = "../../tests/e2e/support/moto.rs"]
 mod moto;
 
 use c2i_cache::{

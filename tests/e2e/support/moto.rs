@@ -25,15 +25,15 @@ fn c2i_home() -> PathBuf {
 fn harness() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     for p in [
-        dir.join("tests/support/moto_harness.py"),
-        dir.join("../tests/support/moto_harness.py"),
+        dir.join("tests/e2e/support/moto_harness.py"),
+        dir.join("../tests/e2e/support/moto_harness.py"),
     ] {
         if p.exists() {
             return p;
         }
     }
     panic!(
-        "tests/support/moto_harness.py not found from {}",
+        "tests/e2e/support/moto_harness.py not found from {}",
         dir.display()
     );
 }

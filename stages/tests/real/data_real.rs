@@ -1,8 +1,7 @@
 //! The data module on the real shared data sets (`../shared/datasets/` beside the
 //! workspace, or `$C2I_SHARED_DATASETS`). A missing directory fails the tests.
 
-mod common;
-use common::shared_datasets;
+use crate::common::shared_datasets;
 
 use c2i_stages::data::bigbench::{self, BigBenchSplit};
 use c2i_stages::data::pyjson::PyJson;

@@ -2,8 +2,7 @@
 //! real epistemic-reasoning data: what is reused when which parameter changes, and
 //! what `cache verify` catches.
 
-#[path = "support/tiny.rs"]
-mod tiny;
+use crate::support::tiny;
 
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -7,8 +7,8 @@ use c2i_stages::model::{Llama, MatrixId, MatrixKind, Weights};
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-mod common;
-use common::wikidata_samples;
+
+use crate::common::wikidata_samples;
 
 fn perturbed(w: &Tensor, row: usize, col: usize, delta: f64) -> Tensor {
     let (r, c) = w.dims2().unwrap();

@@ -2,15 +2,13 @@
 //! σ_i of one block by ±ε, rebuild W, recompute the calibration loss, and compare the
 //! central difference with g_i = u_iᵀ G_b v_i from the gradient pass (issue 3).
 
-mod common;
-
+use crate::common::wikidata_samples;
 use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::factor::{factor_matrix, RowMajor};
 use c2i_stages::grad::{calibration_loss, gradient_pass, GradOptions};
 use c2i_stages::model::{Llama, MatrixId, MatrixKind, Weights};
 use c2i_stages::score::{sv_grads, Components};
 use candle_core::{DType, Device, Tensor};
-use common::wikidata_samples;
 use std::collections::BTreeMap;
 
 #[test]

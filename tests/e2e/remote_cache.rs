@@ -7,10 +7,8 @@
 //! (another valid blob's bytes), a flipped byte, a truncated blob; each test asserts
 //! that no result is lost or differs.
 
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support/tiny.rs"]
-mod tiny;
+use crate::support::moto;
+use crate::support::tiny;
 
 use serde_json::Value;
 use std::collections::BTreeMap;

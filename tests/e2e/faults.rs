@@ -15,8 +15,7 @@
 //! - Malformed inputs are clear errors naming the file and what was expected, with
 //!   exit code 1 and no panic.
 
-#[path = "support/tiny.rs"]
-mod tiny;
+use crate::support::tiny;
 
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! an `Err`, never a panic, a hang or an allocation sized by a forged length.
 //!
 //! The default case count keeps this at seconds; for a long session:
-//! `PROPTEST_CASES=200000 cargo test --release -p c2i-stages --test fuzz_headers`.
+//! `PROPTEST_CASES=200000 cargo test --release -p c2i-stages --test real fuzz_headers`.
 
 use c2i_stages::model::config::LlamaConfig;
 use c2i_stages::model::gguf::read_content;

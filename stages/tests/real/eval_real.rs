@@ -3,8 +3,7 @@
 //! forward for a real rank-reduced candidate, KV-cached generation against repeated
 //! full forwards, and a small evaluation against a direct recomputation.
 
-mod common;
-use common::shared_datasets;
+use crate::common::shared_datasets;
 
 use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::compress::dense_with_ranks;
