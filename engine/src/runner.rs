@@ -470,7 +470,7 @@ pub fn run(
         let o = &p.spec.output;
         if o.dense || o.factored {
             result.export = Some(crate::export::export(
-                db, s, *c, &o.dir, o.dense, o.factored,
+                db, s, *c, &o.dir, o.dense, o.factored, o.dtype,
             )?);
         }
     }

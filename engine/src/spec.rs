@@ -8,6 +8,7 @@
 use c2i_stages::data::split::{SampleSize, SampleSpec};
 use c2i_stages::data::Task;
 use c2i_stages::eval::metrics::SelectionMetric;
+use c2i_stages::model::weights::SaveDType;
 use c2i_stages::model::MatrixKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -218,6 +219,13 @@ pub struct OutputSpec {
     /// Also export the factored form (U·S and V per block) of the replaced matrix.
     #[serde(default)]
     pub factored: bool,
+    /// The dtype of the exported model's tensors: `f32` (default), `bf16` or `f16`.
+    #[serde(default = "default_dtype")]
+    pub dtype: SaveDType,
+}
+
+fn default_dtype() -> SaveDType {
+    SaveDType::F32
 }
 
 fn default_true() -> bool {

@@ -3,7 +3,7 @@
 
 use c2i_stages::data::{self, Task};
 use c2i_stages::eval::evaluator::{evaluate, EvalOptions, EvalSet};
-use c2i_stages::model::{Llama, Weights};
+use c2i_stages::model::{Decoder, Weights};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -56,7 +56,8 @@ fn exported_model_reproduces_the_reported_heldout_accuracy() {
     assert_eq!(read("tokenizer_config.json")["eos_token"], "<|im_end|>");
     let examples = data::load(Task::EpistemicReasoning, &data_file).unwrap();
     let rows: Vec<usize> = serde_json::from_value(report["rows"]["heldout"].clone()).unwrap();
-    let eos = loaded.tokenizer.token_to_id("<|im_end|>");
+    let eos = loaded.special.stop();
+    assert_eq!(eos, Some(eos_id));
     let set = EvalSet::from_rows(
         Task::EpistemicReasoning,
         &examples,
@@ -65,7 +66,7 @@ fn exported_model_reproduces_the_reported_heldout_accuracy() {
         eos,
     )
     .unwrap();
-    let model = Llama::new(&loaded.weights).unwrap();
+    let model = Decoder::new(&loaded.weights).unwrap().inference();
     let r = evaluate(
         &model,
         &set,

@@ -2,9 +2,9 @@
 //! real SmolLM2-135M-Instruct GGUF (fetched by the test if absent).
 
 use c2i_stages::assets::smollm2_gguf;
-use c2i_stages::model::llama::max_abs_diff;
+use c2i_stages::model::decoder::max_abs_diff;
 use c2i_stages::model::tokenizer::encode;
-use c2i_stages::model::{Batch, Llama, Padding, Weights};
+use c2i_stages::model::{Batch, Decoder, Padding, Weights};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, IndexOp, Tensor, D};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -37,7 +37,7 @@ fn perplexity(rows: &[Tensor], ids: &[u32]) -> f64 {
     (nll / (ids.len() - 1) as f64).exp()
 }
 
-fn ours_log_probs(model: &Llama, ids: &[u32]) -> Vec<Tensor> {
+fn ours_log_probs(model: &Decoder, ids: &[u32]) -> Vec<Tensor> {
     let batch = Batch::new(&[ids.to_vec()], Padding::Right, 0, &Device::Cpu).unwrap();
     let logits = model.logits(&batch).unwrap().squeeze(0).unwrap();
     let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
@@ -50,7 +50,7 @@ fn perplexity_matches_quantized_reference_and_logits_match_f32_reference() {
     let loaded = Weights::load_gguf(&path).expect("load GGUF");
     let ids = encode(&loaded.tokenizer, PARAGRAPH).unwrap();
     assert!(ids.len() > 100, "{} tokens", ids.len());
-    let ours = Llama::new(&loaded.weights).unwrap();
+    let ours = Decoder::new(&loaded.weights).unwrap();
     let ours_rows = ours_log_probs(&ours, &ids);
     let ppl_ours = perplexity(&ours_rows, &ids);
 
@@ -107,7 +107,7 @@ fn perplexity_matches_quantized_reference_and_logits_match_f32_reference() {
 fn padding_left_or_right_gives_the_same_log_probs() {
     let path = smollm2_gguf().expect("fetch SmolLM2");
     let loaded = Weights::load_gguf(&path).unwrap();
-    let model = Llama::new(&loaded.weights).unwrap();
+    let model = Decoder::new(&loaded.weights).unwrap();
     let texts = [
         "The capital of France is",
         "Premise: Anna knows that the cat is asleep. Hypothesis: The cat is asleep.\nRelation:",
