@@ -48,7 +48,8 @@ pub enum SpecError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// A `.gguf` file, a Hugging Face directory, or `smollm2` (fetched).
+    /// A `.gguf` file, a Hugging Face directory, or a model c2i fetches: `smollm2`,
+    /// `qwen2.5-0.5b`, `gemma3-270m`, `qwen2.5-1.5b`.
     pub path: String,
 }
 
@@ -405,7 +406,10 @@ impl Pipeline {
         if let Some(d) = &spec.cache.dir {
             spec.cache.dir = Some(resolve(d));
         }
-        if spec.model.path != "smollm2" {
+        if !c2i_stages::assets::MODELS
+            .iter()
+            .any(|m| m.name == spec.model.path)
+        {
             spec.model.path = resolve(Path::new(&spec.model.path)).display().to_string();
         }
         Self::validate(spec, file)

@@ -581,3 +581,142 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> CResult<f32> {
 pub fn row(t: &Tensor, i: usize) -> CResult<Vec<f32>> {
     t.i(i)?.to_vec1()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Tiny random models against candle-transformers' own model of each family, on
+    //! identical weights (written in the family's Hugging Face names and layout).
+    use super::*;
+    use crate::model::config::Family;
+    use crate::model::tiny::tiny_weights;
+    use candle_nn::VarBuilder;
+    use std::collections::HashMap;
+
+    fn var_builder(w: &Weights) -> VarBuilder<'static> {
+        let mut t: HashMap<String, Tensor> =
+            w.hf_tensors(DType::F32).unwrap().into_iter().collect();
+        // Some references always read an LM head.
+        t.entry("lm_head.weight".into())
+            .or_insert_with(|| w.lm_head().unwrap().clone());
+        VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)
+    }
+
+    const IDS: [u32; 12] = [3, 17, 4, 9, 22, 1, 8, 5, 40, 41, 2, 30];
+
+    /// Our log-softmax at the last position of every prefix of [`IDS`].
+    fn ours(model: &Decoder) -> Vec<Vec<f32>> {
+        let batch = Batch::new(&[IDS.to_vec()], Padding::Right, 0, &Device::Cpu).unwrap();
+        let lp = candle_nn::ops::log_softmax(&model.logits(&batch).unwrap(), D::Minus1)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        (0..IDS.len()).map(|i| row(&lp, i).unwrap()).collect()
+    }
+
+    fn worst(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        a.iter()
+            .zip(b)
+            .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+            .fold(0f32, f32::max)
+    }
+
+    /// The last-position log-softmax of a reference fed every prefix from scratch.
+    fn per_prefix(mut forward: impl FnMut(&Tensor) -> Tensor) -> Vec<Vec<f32>> {
+        (1..=IDS.len())
+            .map(|n| {
+                let x = Tensor::new(&IDS[..n], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let logits = forward(&x).flatten_all().unwrap();
+                candle_nn::ops::log_softmax(&logits, D::Minus1)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mistral_matches_candle_transformers_with_a_window_shorter_than_the_sequence() {
+        use candle_transformers::models::mistral;
+        let w = tiny_weights(Family::Mistral, DType::F32, 3);
+        assert_eq!(w.config.layers[0].window, Some(3));
+        // candle's mask keeps `window + 1` keys (j + window >= i), Hugging Face's
+        // `window` (i - j < window): the same attention with candle's window one less.
+        let cfg: mistral::Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 50, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "head_dim": 8,
+            "num_key_value_heads": 2, "hidden_act": "silu", "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "sliding_window": 2,
+        }))
+        .unwrap();
+        let mut reference = mistral::Model::new(&cfg, var_builder(&w)).unwrap();
+        let want = per_prefix(|x| {
+            reference.clear_kv_cache();
+            reference.forward(x, 0).unwrap()
+        });
+        let got = ours(&Decoder::new(&w).unwrap());
+        let d = worst(&got, &want);
+        assert!(d < 1e-4, "max log-prob difference {d}");
+        // And the window matters: without it the answers differ.
+        let mut no_window = w.clone();
+        no_window.config.layers = ModelConfig::uniform_layers(3, None);
+        let d = worst(&ours(&Decoder::new(&no_window).unwrap()), &want);
+        assert!(d > 1e-2, "the window changed nothing ({d})");
+    }
+
+    #[test]
+    fn gemma3_matches_candle_transformers_with_local_and_global_layers() {
+        use candle_transformers::models::gemma3;
+        let mut w = tiny_weights(Family::Gemma3, DType::F32, 3);
+        // candle's gemma3 scales scores by 1/√head_dim and has no rope scaling.
+        w.config.attn_scale = 1.0 / 12f64.sqrt();
+        w.config.ropes[0].linear_factor = 1.0;
+        let cfg: gemma3::Config = serde_json::from_value(serde_json::json!({
+            "attention_bias": false, "head_dim": 12, "hidden_activation": "gelu_pytorch_tanh",
+            "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
+            "num_hidden_layers": 3, "num_key_value_heads": 1, "rms_norm_eps": 1e-5,
+            "rope_theta": 1e6, "rope_local_base_freq": 100.0, "vocab_size": 50,
+            "final_logit_softcapping": null, "attn_logit_softcapping": null,
+            "query_pre_attn_scalar": 12, "sliding_window": 3, "sliding_window_pattern": 2,
+            "max_position_embeddings": 64,
+        }))
+        .unwrap();
+        let mut reference = gemma3::Model::new(false, &cfg, var_builder(&w)).unwrap();
+        let want = per_prefix(|x| {
+            reference.clear_kv_cache();
+            reference.forward(x, 0).unwrap()
+        });
+        let d = worst(&ours(&Decoder::new(&w).unwrap()), &want);
+        assert!(d < 1e-4, "max log-prob difference {d}");
+    }
+
+    #[test]
+    fn qwen2_matches_candle_transformers() {
+        use candle_transformers::models::qwen2;
+        let w = tiny_weights(Family::Qwen2, DType::F32, 3);
+        let cfg: qwen2::Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 50, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 64, "sliding_window": 64, "max_window_layers": 3,
+            "tie_word_embeddings": false, "rope_theta": 1e6, "rms_norm_eps": 1e-5,
+            "use_sliding_window": false, "hidden_act": "silu",
+        }))
+        .unwrap();
+        let mut reference = qwen2::Model::new(&cfg, var_builder(&w)).unwrap();
+        let x = Tensor::new(&IDS, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let h = reference.forward(&x, 0, None).unwrap().squeeze(0).unwrap();
+        let lp = candle_nn::ops::log_softmax(
+            &h.matmul(&w.lm_head().unwrap().t().unwrap()).unwrap(),
+            D::Minus1,
+        )
+        .unwrap();
+        let want: Vec<Vec<f32>> = (0..IDS.len()).map(|i| row(&lp, i).unwrap()).collect();
+        let d = worst(&ours(&Decoder::new(&w).unwrap()), &want);
+        assert!(d < 1e-4, "max log-prob difference {d}");
+    }
+}

@@ -50,7 +50,7 @@ pub fn tiny_config(family: Family, layers: usize) -> ModelConfig {
             c.qk_norm = true;
             c.post_norms = true;
             c.activation = Activation::GeluTanh;
-            c.embed_scale = 32f64.sqrt();
+            c.embed_scale = (32f32).sqrt() as f64;
             c.attn_scale = 1.0 / 10f64.sqrt();
             c.ropes = vec![
                 Rope {

@@ -538,6 +538,50 @@ mod tests {
     }
 
     #[test]
+    fn exported_configs_read_back_to_the_same_config() {
+        let dir = tempfile::tempdir().unwrap();
+        for family in Family::ALL {
+            let c = crate::model::tiny::tiny_config(family, 4);
+            let v = hf_config(&c, SpecialIds::default(), "float32");
+            let p = dir.path().join(format!("{family}.json"));
+            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+            assert_eq!(config_from_hf(&p).unwrap(), c, "{family}: {v}");
+        }
+    }
+
+    #[test]
+    fn unsupported_configs_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "rms_norm_eps": 1e-5"#;
+        for (extra, field) in [
+            (r#""model_type": "gpt2""#, "model_type"),
+            (
+                r#""model_type": "llama", "hidden_act": "relu""#,
+                "hidden_act",
+            ),
+            (
+                r#""model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4}"#,
+                "rope_scaling.rope_type",
+            ),
+            (
+                r#""model_type": "gemma3_text", "final_logit_softcapping": 30.0"#,
+                "final_logit_softcapping",
+            ),
+            (
+                r#""model_type": "llama", "num_key_value_heads": 3"#,
+                "num_key_value_heads",
+            ),
+        ] {
+            std::fs::write(&p, format!("{{{base}, {extra}}}")).unwrap();
+            let e = config_from_hf(&p).unwrap_err().to_string();
+            assert!(e.contains(&format!("field `{field}`")), "{extra}: {e}");
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+        }
+    }
+
+    #[test]
     fn llama3_scaling_keeps_high_frequencies_and_divides_low_ones() {
         // Llama 3.2 1B: theta 5e5, head_dim 64, factor 32, 1, 4, 8192.
         let f = llama3_freq_factors(500000.0, 64, 32.0, 1.0, 4.0, 8192.0);
