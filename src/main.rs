@@ -40,6 +40,9 @@ enum Command {
     Cache(commands::cache::Args),
     /// Several runs' reports side by side: held-out figures, search cost, speedup.
     Compare(commands::compare::Args),
+    /// The GPU path against the CPU, and its timings at 7B scale (built with `cuda`).
+    #[cfg(feature = "cuda")]
+    Gpu(commands::gpu::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,8 @@ fn main() -> ExitCode {
         Command::Status(a) => commands::pipeline::status(a, &out),
         Command::Cache(a) => commands::cache::run(a, &out),
         Command::Compare(a) => commands::compare::run(a, &out),
+        #[cfg(feature = "cuda")]
+        Command::Gpu(a) => commands::gpu::run(a, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

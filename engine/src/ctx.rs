@@ -272,6 +272,47 @@ impl Ctx {
         })
     }
 
+    /// The device of `exec`, created once per process (tensors of two CUDA device
+    /// handles do not mix).
+    pub fn device(
+        &self,
+        exec: &crate::keys::Exec,
+    ) -> Result<Arc<candle_core::Device>, EngineError> {
+        self.memo(&format!("device:{}", exec.device), || {
+            match exec.cuda_ordinal() {
+                None => Ok(candle_core::Device::Cpu),
+                Some(n) => candle_core::Device::new_cuda(n).map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "run.device {}: {e} (a GPU run needs a c2i built with `--features cuda` \
+                         and a CUDA driver)",
+                        exec.device
+                    ))
+                }),
+            }
+        })
+    }
+
+    /// The model's weights on `exec`'s device in its dtype (the loaded weights
+    /// themselves on the CPU in f32).
+    pub fn weights_on(
+        &self,
+        path: &Path,
+        digest: &Digest,
+        exec: &crate::keys::Exec,
+    ) -> Result<Arc<Weights>, EngineError> {
+        let loaded = self.model(path, digest)?;
+        self.memo(
+            &format!("weights:{}:{}:{}", digest.to_hex(), exec.device, exec.dtype),
+            || {
+                if exec.is_cpu() {
+                    return Ok(loaded.weights.clone());
+                }
+                let dev = self.device(exec)?;
+                Ok(loaded.weights.to_device(&dev, exec.dtype())?)
+            },
+        )
+    }
+
     /// The examples of a data file.
     pub fn examples(
         &self,

@@ -60,6 +60,9 @@ pub struct Setup {
     /// f64 bits of the collapse threshold.
     #[returns(copy)]
     pub collapse_bits: u64,
+    /// Where the stages compute (device and dtype).
+    #[returns(ref)]
+    pub exec: crate::keys::Exec,
 }
 
 /// One matrix of the model, with a block count (for factors and sv-grads).

@@ -22,20 +22,82 @@ pub const SV_GRADS: (&str, &str) = ("sv-grads", "1");
 /// instead of candle's ops: the same numbers up to float rounding (~5e-5 in a log-prob).
 pub const EVALUATE: (&str, &str) = ("evaluate", "2");
 
+/// Where a run computes: the device (`cpu`, `cuda:N`) and the weights' dtype on it.
+/// Part of every stage key, so CPU and GPU results never alias in the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Exec {
+    pub device: String,
+    pub dtype: String,
+}
+
+impl Exec {
+    /// The CPU in f32 (the default).
+    pub fn cpu() -> Exec {
+        Exec {
+            device: "cpu".into(),
+            dtype: "f32".into(),
+        }
+    }
+
+    /// Checks and normalizes `[run] device` and `[run] dtype`; on error, the field and
+    /// what was expected.
+    pub fn parse(device: &str, dtype: &str) -> Result<Exec, (&'static str, String)> {
+        let device = match device {
+            "cpu" => "cpu".to_string(),
+            "cuda" => "cuda:0".to_string(),
+            d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => format!("cuda:{n}"),
+                _ => return Err(("run.device", format!("cpu, cuda or cuda:N (found `{d}`)"))),
+            },
+        };
+        match dtype {
+            "f32" => {}
+            "bf16" if device != "cpu" => {}
+            "bf16" => {
+                return Err((
+                    "run.dtype",
+                    "f32 on the CPU (bf16 needs a CUDA device)".into(),
+                ))
+            }
+            other => return Err(("run.dtype", format!("f32 or bf16 (found `{other}`)"))),
+        }
+        Ok(Exec {
+            device,
+            dtype: dtype.to_string(),
+        })
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        self.device == "cpu"
+    }
+
+    /// The CUDA ordinal, for a CUDA device.
+    pub fn cuda_ordinal(&self) -> Option<usize> {
+        self.device.strip_prefix("cuda:")?.parse().ok()
+    }
+
+    pub fn dtype(&self) -> candle_core::DType {
+        match self.dtype.as_str() {
+            "bf16" => candle_core::DType::BF16,
+            _ => candle_core::DType::F32,
+        }
+    }
+}
+
 /// The environment that can change numbers: device, dtype, library versions.
-pub fn environment() -> Vec<(&'static str, String)> {
+pub fn environment(exec: &Exec) -> Vec<(&'static str, String)> {
     vec![
         ("c2i", env!("CARGO_PKG_VERSION").to_string()),
-        ("device", "cpu".to_string()),
-        ("dtype", "f32".to_string()),
+        ("device", exec.device.clone()),
+        ("dtype", exec.dtype.clone()),
         ("candle", "0.11.1".to_string()),
         ("faer", "0.24".to_string()),
     ]
 }
 
-fn builder(stage: (&str, &str)) -> KeyBuilder {
+fn builder(stage: (&str, &str), exec: &Exec) -> KeyBuilder {
     let mut b = KeyBuilder::new(stage.0, stage.1);
-    for (k, v) in environment() {
+    for (k, v) in environment(exec) {
         b = b.env(k, v);
     }
     b
@@ -47,6 +109,7 @@ fn done(b: KeyBuilder) -> Result<KeyParts, EngineError> {
 
 /// Gradients: model content, data content, the calibration rows and the loss.
 pub fn gradients(
+    exec: &Exec,
     model: &Digest,
     data: &Digest,
     task: Task,
@@ -54,7 +117,7 @@ pub fn gradients(
     micro_batch: usize,
 ) -> Result<KeyParts, EngineError> {
     done(
-        builder(GRADIENTS)
+        builder(GRADIENTS, exec)
             .param("task", task.name())
             .param("calibration_rows", rows)
             .param("loss", "mean over samples of summed gold-answer NLL")
@@ -64,10 +127,10 @@ pub fn gradients(
     )
 }
 
-/// Factors: the matrix's content and K only.
-pub fn factors(matrix: &Digest, blocks: usize) -> Result<KeyParts, EngineError> {
+/// Factors: the matrix's content and K only (and where they are computed).
+pub fn factors(exec: &Exec, matrix: &Digest, blocks: usize) -> Result<KeyParts, EngineError> {
     done(
-        builder(FACTORS)
+        builder(FACTORS, exec)
             .param("blocks", blocks)
             .param(
                 "svd_precision",
@@ -78,9 +141,14 @@ pub fn factors(matrix: &Digest, blocks: usize) -> Result<KeyParts, EngineError> 
 }
 
 /// Singular-value gradients of one matrix: its factors and the gradient pass.
-pub fn sv_grads(matrix: MatrixId, factors: &Key, gradients: &Key) -> Result<KeyParts, EngineError> {
+pub fn sv_grads(
+    exec: &Exec,
+    matrix: MatrixId,
+    factors: &Key,
+    gradients: &Key,
+) -> Result<KeyParts, EngineError> {
     done(
-        builder(SV_GRADS)
+        builder(SV_GRADS, exec)
             .param("matrix", matrix.hf_name())
             .input("factors", *factors)
             .input("gradients", *gradients),
@@ -89,13 +157,14 @@ pub fn sv_grads(matrix: MatrixId, factors: &Key, gradients: &Key) -> Result<KeyP
 
 /// One evaluation: the model, the candidate (none for the base model), the rows.
 pub fn evaluate(
+    exec: &Exec,
     model: &Digest,
     data: &Digest,
     task: Task,
     rows: &[usize],
     candidate: Option<(MatrixId, usize, f64, &Key)>,
 ) -> Result<KeyParts, EngineError> {
-    let mut b = builder(EVALUATE)
+    let mut b = builder(EVALUATE, exec)
         .param("task", task.name())
         .param("rows", rows)
         .input("model", Key::from(*model))

@@ -107,6 +107,9 @@ pub struct RunResult {
     pub rows: BTreeMap<String, Vec<usize>>,
     /// The data file read.
     pub data: PathBuf,
+    /// Where the stages computed (run.json's versions).
+    #[serde(skip)]
+    pub exec: crate::keys::Exec,
     /// What the run did with the remote cache (run.json only: it differs between
     /// runs that found the same results).
     #[serde(skip)]
@@ -196,6 +199,14 @@ pub fn setup(db: &mut Database, prev: Option<Setup>, p: &Pipeline) -> Result<Set
         p.spec.data.heldout.seed,
     )?;
     let collapse = p.spec.search.collapse_threshold.to_bits();
+    let exec = crate::keys::Exec::parse(&p.spec.run.device, &p.spec.run.dtype).map_err(
+        |(field, expected)| {
+            EngineError::Invalid(format!(
+                "{}: {field}: expected {expected}",
+                p.file.display()
+            ))
+        },
+    )?;
     let s = match prev {
         None => {
             return Ok(Setup::new(
@@ -211,6 +222,7 @@ pub fn setup(db: &mut Database, prev: Option<Setup>, p: &Pipeline) -> Result<Set
                 p.spec.run.micro_batch,
                 p.spec.run.eval_batch,
                 collapse,
+                exec,
             ))
         }
         Some(s) => s,
@@ -234,6 +246,7 @@ pub fn setup(db: &mut Database, prev: Option<Setup>, p: &Pipeline) -> Result<Set
     update!(micro_batch, set_micro_batch, p.spec.run.micro_batch);
     update!(eval_batch, set_eval_batch, p.spec.run.eval_batch);
     update!(collapse_bits, set_collapse_bits, collapse);
+    update!(exec, set_exec, exec);
     Ok(s)
 }
 
@@ -327,6 +340,7 @@ pub fn run(
             ("heldout".to_string(), s.heldout(db).clone()),
         ]),
         data: s.data_path(db).clone(),
+        exec: s.exec(db).clone(),
         remote: None,
     };
     let finish = |mut result: RunResult, db: &Database| {
@@ -489,7 +503,7 @@ pub fn write_run_json(dir: &Path, r: &RunResult) -> Result<PathBuf, EngineError>
     })?;
     let path = dir.join("run.json");
     let json = serde_json::json!({
-        "versions": crate::keys::environment().into_iter().collect::<BTreeMap<_, _>>(),
+        "versions": crate::keys::environment(&r.exec).into_iter().collect::<BTreeMap<_, _>>(),
         "parameters": r.resolved,
         "stages": r.stages,
         "outcomes": r.outcomes(),

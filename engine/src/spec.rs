@@ -191,6 +191,21 @@ pub struct RunSpec {
     /// Samples per forward in evaluations.
     #[serde(default = "default_eval_batch")]
     pub eval_batch: usize,
+    /// Where the gradient pass, the block SVDs and the evaluations run: `cpu` (the
+    /// default), `cuda` or `cuda:N` (a c2i built with `--features cuda`).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// The weights' dtype on that device: `f32` (the default) or `bf16` (CUDA only;
+    /// gradients are still accumulated in f32).
+    #[serde(default = "default_dtype_name")]
+    pub dtype: String,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_dtype_name() -> String {
+    "f32".into()
 }
 
 fn default_micro_batch() -> usize {
@@ -205,6 +220,8 @@ impl Default for RunSpec {
         RunSpec {
             micro_batch: default_micro_batch(),
             eval_batch: default_eval_batch(),
+            device: default_device(),
+            dtype: default_dtype_name(),
         }
     }
 }
@@ -421,6 +438,8 @@ impl Pipeline {
             field: field.to_string(),
             expected: expected.to_string(),
         };
+        crate::keys::Exec::parse(&spec.run.device, &spec.run.dtype)
+            .map_err(|(field, expected)| bad(field, &expected))?;
         let s = &spec.search;
         let kinds: Vec<MatrixKind> = match &s.matrices {
             MatrixSelection::Group(g) => match g.as_str() {

@@ -24,6 +24,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+fn model_digest(db: &dyn EngineDb, setup: Setup) -> Digest {
+    Digest::from_bytes(setup.model_digest(db))
+}
+
 fn model(db: &dyn EngineDb, setup: Setup) -> Result<Arc<LoadedModel>, EngineError> {
     db.ctx().model(
         setup.model_path(db),
@@ -45,6 +49,7 @@ pub fn gradients_parts(
     setup: Setup,
 ) -> Result<c2i_cache::KeyParts, EngineError> {
     keys::gradients(
+        setup.exec(db),
         &Digest::from_bytes(setup.model_digest(db)),
         &Digest::from_bytes(setup.data_digest(db)),
         setup.task(db),
@@ -69,8 +74,10 @@ pub fn gradients(db: &dyn EngineDb, setup: Setup) -> Result<Arc<ActionEntry>, En
         }
         let started = Instant::now();
         ctx.progress.start("gradients", samples.len() as u64);
+        let exec = setup.exec(db);
+        let weights = ctx.weights_on(setup.model_path(db), &model_digest(db, setup), exec)?;
         let g = gradient_pass(
-            &loaded.weights,
+            &weights,
             &samples,
             &[],
             &GradOptions {
@@ -81,7 +88,19 @@ pub fn gradients(db: &dyn EngineDb, setup: Setup) -> Result<Arc<ActionEntry>, En
         ctx.progress.finish();
         let seconds = started.elapsed().as_secs_f64();
         let meta = BTreeMap::from([("loss".to_string(), g.loss.to_string())]);
-        let bytes = save_safetensors_bytes(&g.named(), &meta)?;
+        // Stored as f32 on the CPU whatever the device computed them on.
+        let named: BTreeMap<String, Tensor> = g
+            .named()
+            .into_iter()
+            .map(|(n, t)| {
+                Ok((
+                    n,
+                    t.to_dtype(candle_core::DType::F32)?
+                        .to_device(&Device::Cpu)?,
+                ))
+            })
+            .collect::<Result<_, EngineError>>()?;
+        let bytes = save_safetensors_bytes(&named, &meta)?;
         Ok((
             BTreeMap::from([("grads".to_string(), bytes)]),
             serde_json::json!({
@@ -136,7 +155,11 @@ fn factors_parts(
     // The digest does not depend on K: ask for it once per matrix.
     let one = MatrixReq::new(db, req.setup(db), req.matrix(db), 0);
     let digest = db::matrix_digest(db, one).map_err(EngineError::Stage)?;
-    keys::factors(&Digest::from_bytes(digest), req.blocks(db))
+    keys::factors(
+        req.setup(db).exec(db),
+        &Digest::from_bytes(digest),
+        req.blocks(db),
+    )
 }
 
 pub fn factors(db: &dyn EngineDb, req: MatrixReq<'_>) -> Result<Arc<ActionEntry>, EngineError> {
@@ -151,7 +174,7 @@ pub fn factors(db: &dyn EngineDb, req: MatrixReq<'_>) -> Result<Arc<ActionEntry>
             let (r, c) = w.dims2()?;
             let v: Vec<f32> = w.flatten_all()?.to_vec1()?;
             let started = Instant::now();
-            let f = factor_matrix(RowMajor::new(&v, r, c)?, k)?;
+            let f = factor_on(db, setup, RowMajor::new(&v, r, c)?, k)?;
             let seconds = started.elapsed().as_secs_f64();
             Ok((
                 BTreeMap::from([("factors".to_string(), f.to_safetensors()?)]),
@@ -159,6 +182,32 @@ pub fn factors(db: &dyn EngineDb, req: MatrixReq<'_>) -> Result<Arc<ActionEntry>
             ))
         })?;
     Ok(Arc::new(entry))
+}
+
+/// The block SVD on the run's device: faer on the CPU, cuSOLVER on a CUDA device.
+fn factor_on(
+    db: &dyn EngineDb,
+    setup: Setup,
+    w: RowMajor<'_>,
+    k: usize,
+) -> Result<c2i_stages::factor::MatrixFactors, EngineError> {
+    let exec = setup.exec(db);
+    if exec.is_cpu() {
+        return Ok(factor_matrix(w, k)?);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let dev = db.ctx().device(exec)?;
+        let svd = db.ctx().memo(&format!("cusolver:{}", exec.device), || {
+            Ok(c2i_stages::factor::cuda::GpuSvd::on(&dev)?)
+        })?;
+        Ok(svd.factor_matrix(w, k, c2i_stages::factor::Precision::default())?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(EngineError::Invalid(format!(
+        "run.device {}: this c2i was built without the `cuda` feature",
+        exec.device
+    )))
 }
 
 /// Singular values and their gradients of one block, as stored in sv-grads metadata.
@@ -213,7 +262,7 @@ pub fn sv_grads(db: &dyn EngineDb, req: MatrixReq<'_>) -> Result<Arc<ActionEntry
     let (matrix, k) = (req.matrix(db), req.blocks(db));
     let grads = db::gradients(db, setup).map_err(EngineError::Stage)?;
     let facts = db::factors(db, req).map_err(EngineError::Stage)?;
-    let parts = keys::sv_grads(matrix, &facts.0.key, &grads.0.key)?;
+    let parts = keys::sv_grads(setup.exec(db), matrix, &facts.0.key, &grads.0.key)?;
     let entry = ctx.get_or_compute(&parts, &format!("{} K={k}", matrix.hf_name()), || {
         let fblob = read_or_rebuild(ctx, &facts.0, "factors", || factors(db, req))?;
         let view = from_safetensors(fblob.bytes())?;
@@ -258,6 +307,7 @@ pub fn evaluate_parts(
     candidate: Option<(Candidate, &Key)>,
 ) -> Result<c2i_cache::KeyParts, EngineError> {
     keys::evaluate(
+        setup.exec(db),
         &Digest::from_bytes(setup.model_digest(db)),
         &Digest::from_bytes(setup.data_digest(db)),
         setup.task(db),
@@ -318,6 +368,8 @@ pub fn evaluate(db: &dyn EngineDb, req: EvalReq<'_>) -> Result<Arc<ActionEntry>,
         })?;
         let opts = eval_options(db, setup);
         let started = Instant::now();
+        let exec = setup.exec(db);
+        let weights = ctx.weights_on(setup.model_path(db), &model_digest(db, setup), exec)?;
         let mut replace = BTreeMap::new();
         if let (Some(c), Some(f)) = (cand, &facts) {
             let fblob = read_or_rebuild(ctx, &f.0, "factors", || {
@@ -325,19 +377,28 @@ pub fn evaluate(db: &dyn EngineDb, req: EvalReq<'_>) -> Result<Arc<ActionEntry>,
             })?;
             let view = from_safetensors(fblob.bytes())?;
             let dense = dense_candidate(&view, c.keep())?;
+            let dev = ctx.device(exec)?;
             replace.insert(
                 c.matrix,
-                Tensor::from_vec(dense, (view.rows(), view.cols()), &Device::Cpu)?,
+                Tensor::from_vec(dense, (view.rows(), view.cols()), &Device::Cpu)?
+                    .to_dtype(exec.dtype())?
+                    .to_device(&dev)?,
             );
         }
-        let base = ctx.memo(&format!("decoder:{}", hex(&setup.model_digest(db))), || {
-            Ok(Decoder::new(&loaded.weights)?.inference())
-        })?;
+        let base = ctx.memo(
+            &format!(
+                "decoder:{}:{}:{}",
+                hex(&setup.model_digest(db)),
+                exec.device,
+                exec.dtype
+            ),
+            || Ok(Decoder::new(&weights)?.inference()),
+        )?;
         let from = first_changed_layer(&replace);
         let candidate_model = if replace.is_empty() {
             (*base).clone()
         } else {
-            Decoder::with_matrices(&loaded.weights, &replace)?.inference()
+            Decoder::with_matrices(&weights, &replace)?.inference()
         };
         ctx.progress.start("evaluate", set.len() as u64);
         // Prefix reuse pays when several candidates share the rows (the selection

@@ -72,7 +72,7 @@ pub fn status(db: &mut Database, p: &Pipeline) -> Result<(Setup, Vec<StatusLine>
         for &k in &p.spec.search.blocks {
             let digest =
                 db::matrix_digest(db, MatrixReq::new(db, s, m, 0)).map_err(EngineError::Stage)?;
-            let fparts = keys::factors(&Digest::from_bytes(digest), k)?;
+            let fparts = keys::factors(s.exec(db), &Digest::from_bytes(digest), k)?;
             out.push(line(db, &fparts, format!("{} K={k}", m.hf_name()))?);
             if p.spec.search.mode == SearchMode::Laser {
                 for &keep in &p.keep {
@@ -80,7 +80,7 @@ pub fn status(db: &mut Database, p: &Pipeline) -> Result<(Setup, Vec<StatusLine>
                 }
                 continue;
             }
-            let sparts = keys::sv_grads(m, &fparts.key(), &gparts.key())?;
+            let sparts = keys::sv_grads(s.exec(db), m, &fparts.key(), &gparts.key())?;
             let l = line(db, &sparts, format!("{} K={k}", m.hf_name()))?;
             if l.cached {
                 if let Some(e) = db.ctx().store.read_entry(&sparts.key())? {
@@ -132,7 +132,7 @@ pub fn status(db: &mut Database, p: &Pipeline) -> Result<(Setup, Vec<StatusLine>
     for (c, _) in entries {
         let digest = db::matrix_digest(db, MatrixReq::new(db, s, c.matrix, 0))
             .map_err(EngineError::Stage)?;
-        let fkey = keys::factors(&Digest::from_bytes(digest), c.blocks)?.key();
+        let fkey = keys::factors(s.exec(db), &Digest::from_bytes(digest), c.blocks)?.key();
         let parts = evaluate_parts(db, s, db::Rows::Selection, Some((c, &fkey)))?;
         out.push(line(
             db,

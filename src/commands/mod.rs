@@ -4,6 +4,8 @@ pub mod cache;
 pub mod compare;
 pub mod export_grads;
 pub mod fetch;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod pipeline;
 
 use indicatif::{ProgressBar, ProgressStyle};

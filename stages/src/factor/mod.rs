@@ -52,6 +52,8 @@
 //! through `faer::linalg::svd::svd` with an explicit `Par`, the routine behind
 //! `MatRef::thin_svd()`, so no global faer setting is touched.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod split;
 mod store;
 mod svd;
@@ -93,6 +95,9 @@ pub enum FactorError {
         start: usize,
         end: usize,
     },
+    /// The GPU SVD failed (feature `cuda`).
+    #[error("GPU SVD: {0}")]
+    Gpu(String),
     /// The safetensors layer rejected the bytes.
     #[error("factor file: {0}")]
     Safetensors(#[from] safetensors::SafeTensorError),

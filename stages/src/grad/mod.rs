@@ -316,9 +316,11 @@ pub fn gradient_pass_autograd(
                     id.hf_name()
                 ))
             })?;
+            // Accumulated in f32 whatever the weights' dtype (bf16 on a GPU).
+            let g = g.to_dtype(DType::F32)?;
             let sum = match grads.remove(id) {
                 Some(acc) => (acc + g)?,
-                None => g.clone(),
+                None => g,
             };
             grads.insert(*id, sum);
         }

@@ -378,7 +378,8 @@ impl Decoder {
         let idx = Tensor::from_vec(idx, flat_pos.len(), h.device())?;
         let rows = h.reshape((b * t, d))?.index_select(&idx, 0)?;
         let rows = self.rms_norm(&rows, &self.norm)?;
-        let logits = rows.matmul(&self.lm_head.t()?)?;
+        // In f32 whatever the weights' dtype: a bf16 log-softmax loses the answer.
+        let logits = rows.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
         candle_nn::ops::log_softmax(&logits, D::Minus1)
     }
 

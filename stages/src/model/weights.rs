@@ -249,6 +249,15 @@ impl Weights {
         Ok(())
     }
 
+    /// The same weights on another device, in `dtype`.
+    pub fn to_device(&self, dev: &Device, dtype: DType) -> Result<Weights, ModelError> {
+        let mut out = self.clone();
+        for t in out.tensors.values_mut() {
+            *t = t.to_dtype(dtype)?.to_device(dev)?;
+        }
+        Ok(out)
+    }
+
     /// The same weights in another dtype (f64 for finite-difference checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Weights, ModelError> {
         let mut out = self.clone();
@@ -519,45 +528,72 @@ fn serialize_safetensors(
     metadata: &BTreeMap<String, String>,
     path: &Path,
 ) -> Result<Vec<u8>, ModelError> {
-    let mut buffers: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
-        Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        // f32, bf16 and f16 are written as they are; anything else as f32.
-        let (dtype, bytes) = match t.dtype() {
-            DType::BF16 => (
-                safetensors::Dtype::BF16,
-                t.flatten_all()
-                    .and_then(|f| f.to_vec1::<half::bf16>())
-                    .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            ),
-            DType::F16 => (
-                safetensors::Dtype::F16,
-                t.flatten_all()
-                    .and_then(|f| f.to_vec1::<half::f16>())
-                    .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            ),
-            _ => (
-                safetensors::Dtype::F32,
-                t.to_dtype(DType::F32)
-                    .and_then(|f| f.flatten_all())
-                    .and_then(|f| f.to_vec1::<f32>())
-                    .map(|v| bytemuck::cast_slice(&v).to_vec()),
-            ),
+    // f32, bf16 and f16 are written as they are; anything else as f32. Contiguous CPU
+    // tensors are read in place (a model's gradients are gigabytes: no second copy).
+    let mut converted: Vec<Option<Tensor>> = Vec::with_capacity(tensors.len());
+    for t in tensors.values() {
+        let want = match t.dtype() {
+            DType::BF16 | DType::F16 | DType::F32 => t.dtype(),
+            _ => DType::F32,
         };
-        let bytes = bytes.map_err(candle_err(path))?;
-        buffers.push((name.clone(), dtype, t.dims().to_vec(), bytes));
+        let ready = matches!(t.device(), Device::Cpu) && t.dtype() == want && t.is_contiguous();
+        converted.push(if ready {
+            None
+        } else {
+            Some(
+                t.to_dtype(want)
+                    .and_then(|t| t.to_device(&Device::Cpu))
+                    .and_then(|t| t.contiguous())
+                    .map_err(candle_err(path))?,
+            )
+        });
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
-        .iter()
-        .map(|(n, d, s, b)| {
-            safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| ModelError::Format {
-                    path: path.to_path_buf(),
-                    message: format!("tensor {n}: {e}"),
-                })
+    let guards: Vec<_> = tensors
+        .values()
+        .zip(&converted)
+        .map(|(t, c)| {
+            let t = c.as_ref().unwrap_or(t);
+            let (storage, layout) = t.storage_and_layout();
+            (
+                storage,
+                layout.start_offset(),
+                t.elem_count(),
+                t.dims().to_vec(),
+            )
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
+    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        Vec::with_capacity(tensors.len());
+    for (name, (storage, start, n, shape)) in tensors.keys().zip(&guards) {
+        let (dtype, bytes): (safetensors::Dtype, &[u8]) = match &**storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => (
+                safetensors::Dtype::F32,
+                bytemuck::cast_slice(&v[*start..*start + *n]),
+            ),
+            candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)) => (
+                safetensors::Dtype::BF16,
+                bytemuck::cast_slice(&v[*start..*start + *n]),
+            ),
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F16(v)) => (
+                safetensors::Dtype::F16,
+                bytemuck::cast_slice(&v[*start..*start + *n]),
+            ),
+            _ => {
+                return Err(ModelError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("tensor {name}: not an f32/bf16/f16 CPU tensor"),
+                })
+            }
+        };
+        let view =
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).map_err(|e| {
+                ModelError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("tensor {name}: {e}"),
+                }
+            })?;
+        views.push((name.clone(), view));
+    }
     let meta: HashMap<String, String> = metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
