@@ -22,7 +22,7 @@ mkdir -p "$out"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$out/summary.txt"; }
 
 # The CUDA 13 libraries: the image's Python environment holds NVIDIA's wheels.
-libs=$(find / -xdev -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)
+libs=$(find /opt /usr /root /home -name 'libcublas.so.13' 2>/dev/null | head -1)
 if [ -n "$libs" ]; then export LD_LIBRARY_PATH="$(dirname "$libs"):${LD_LIBRARY_PATH:-}"; fi
 for d in /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
