@@ -14,6 +14,9 @@
 # $OUT/summary.txt (OUT defaults to gpu-out/).
 #
 # Steps (GPU_STEPS, default "check quickstart bench"): run a subset to fit a time slot.
+# The files travel to the GPU machine in two calls (README, "The GPU path"): stage them
+# outside the checkout (e.g. /tmp/g, GPU_DIR=/tmp/g), which the second call's copy of
+# the working tree does not touch.
 set -uo pipefail
 dir=${GPU_DIR:-gpu}
 out=${OUT:-gpu-out}
@@ -34,12 +37,19 @@ if [ ! -x "$dir/c2i" ]; then
   python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' \
     "$dir/c2i.xz" "$dir/c2i" && chmod +x "$dir/c2i"
 fi
+# SmolLM2 may come in parts (98 MB does not travel in one call): join and check it.
+smollm2_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 if [ ! -f "$dir/smollm2.gguf" ] && ls "$dir"/smollm2.gguf.part* >/dev/null 2>&1; then
-  cat "$dir"/smollm2.gguf.part* > "$dir/smollm2.gguf"
+  cat "$dir"/smollm2.gguf.part* > "$dir/smollm2.gguf.joined"
+  if [ "$(sha256sum < "$dir/smollm2.gguf.joined" | cut -d' ' -f1)" = "$smollm2_sha" ]; then
+    mv "$dir/smollm2.gguf.joined" "$dir/smollm2.gguf"
+  else
+    rm -f "$dir/smollm2.gguf.joined"; log "smollm2.gguf parts incomplete (sha256 differs)"
+  fi
 fi
 bin=$(readlink -f "$dir/c2i")
 "$bin" --version | tee -a "$out/summary.txt" || { log "the binary does not start"; ldd "$bin" | tee -a "$out/summary.txt"; exit 1; }
-sha256sum "$dir/smollm2.gguf" | tee -a "$out/summary.txt"
+[ -f "$dir/smollm2.gguf" ] && sha256sum "$dir/smollm2.gguf" | tee -a "$out/summary.txt"
 
 for step in $steps; do
   case $step in
