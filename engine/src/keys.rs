@@ -181,3 +181,39 @@ pub fn evaluate(
     }
     done(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_and_dtypes_parse_and_enter_the_key() {
+        assert_eq!(Exec::parse("cpu", "f32").unwrap(), Exec::cpu());
+        let gpu = Exec::parse("cuda", "bf16").unwrap();
+        assert_eq!(
+            (gpu.device.as_str(), gpu.cuda_ordinal()),
+            ("cuda:0", Some(0))
+        );
+        assert_eq!(
+            Exec::parse("cuda:3", "f32").unwrap().cuda_ordinal(),
+            Some(3)
+        );
+        for (d, t, field) in [
+            ("gpu", "f32", "run.device"),
+            ("cuda:x", "f32", "run.device"),
+            ("cpu", "bf16", "run.dtype"),
+            ("cpu", "f16", "run.dtype"),
+        ] {
+            assert_eq!(Exec::parse(d, t).unwrap_err().0, field, "{d} {t}");
+        }
+        let m = Digest::from_bytes([7; 32]);
+        let cpu = factors(&Exec::cpu(), &m, 1).unwrap().key();
+        let cuda = factors(&Exec::parse("cuda", "f32").unwrap(), &m, 1)
+            .unwrap()
+            .key();
+        let bf16 = factors(&Exec::parse("cuda", "bf16").unwrap(), &m, 1)
+            .unwrap()
+            .key();
+        assert!(cpu != cuda && cuda != bf16 && cpu != bf16);
+    }
+}
