@@ -378,8 +378,12 @@ impl Decoder {
         let idx = Tensor::from_vec(idx, flat_pos.len(), h.device())?;
         let rows = h.reshape((b * t, d))?.index_select(&idx, 0)?;
         let rows = self.rms_norm(&rows, &self.norm)?;
-        // In f32 whatever the weights' dtype: a bf16 log-softmax loses the answer.
-        let logits = rows.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        // At least f32: a bf16 log-softmax loses the answer (f64 stays f64).
+        let logits = rows.matmul(&self.lm_head.t()?)?;
+        let logits = match logits.dtype() {
+            DType::F64 | DType::F32 => logits,
+            _ => logits.to_dtype(DType::F32)?,
+        };
         candle_nn::ops::log_softmax(&logits, D::Minus1)
     }
 
