@@ -40,6 +40,8 @@ enum Command {
     Cache(commands::cache::Args),
     /// Several runs' reports side by side: held-out figures, search cost, speedup.
     Compare(commands::compare::Args),
+    /// Check a task file and its rows without a model (`c2i task check TASK.toml`).
+    Task(commands::task::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Status(a) => commands::pipeline::status(a, &out),
         Command::Cache(a) => commands::cache::run(a, &out),
         Command::Compare(a) => commands::compare::run(a, &out),
+        Command::Task(a) => commands::task::run(a, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

