@@ -71,7 +71,7 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
 /// file name `path` has.
 pub fn resolve_task(task: Option<&str>, path: &Path) -> Result<Task> {
     if let Some(t) = task {
-        return Ok(Task::resolve(t, Path::new("."))?);
+        return Ok(Task::resolve(t, Path::new(""))?);
     }
     Task::builtin_for_file(path).with_context(|| {
         format!(

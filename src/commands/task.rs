@@ -162,7 +162,7 @@ fn summary(ds: &Dataset) -> (Vec<String>, serde_json::Value) {
 }
 
 fn check(a: CheckArgs, out: &Output) -> Result<()> {
-    let task = Task::resolve(&a.task, Path::new("."))?;
+    let task = Task::resolve(&a.task, Path::new(""))?;
     let path = c2i_engine::runner::resolve_task_data(
         &task,
         a.data.as_deref(),
