@@ -167,15 +167,18 @@ fn stage<T>(r: Result<T, String>) -> Result<T, EngineError> {
     r.map_err(EngineError::Stage)
 }
 
-/// The model file: a path, or `smollm2` (fetched).
+/// The model file: a path, or the name of a model c2i fetches (`smollm2`,
+/// `qwen2.5-0.5b`, `gemma3-270m`, `qwen2.5-1.5b`).
 pub fn resolve_model(path: &str) -> Result<PathBuf, EngineError> {
-    if path == "smollm2" {
-        return Ok(assets::smollm2_gguf()?);
+    if let Some(p) = assets::model_file(path)? {
+        return Ok(p);
     }
     let p = PathBuf::from(path);
     if !p.exists() {
+        let names: Vec<&str> = assets::MODELS.iter().map(|s| s.name).collect();
         return Err(EngineError::Invalid(format!(
-            "model.path {path}: no such file or directory (expected a .gguf file, a Hugging Face directory, or `smollm2`)"
+            "model.path {path}: no such file or directory (expected a .gguf file, a Hugging Face directory, or one of {})",
+            names.join(", ")
         )));
     }
     Ok(p)
@@ -557,7 +560,7 @@ pub fn run(
         let o = &p.spec.output;
         if o.dense || o.factored {
             result.export = Some(crate::export::export(
-                db, s, *c, &o.dir, o.dense, o.factored,
+                db, s, *c, &o.dir, o.dense, o.factored, o.dtype,
             )?);
         }
     }

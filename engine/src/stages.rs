@@ -14,20 +14,15 @@ use c2i_stages::eval::evaluator::{
 use c2i_stages::eval::prefix::Prefix;
 use c2i_stages::factor::{factor_matrix, from_safetensors, RowMajor};
 use c2i_stages::grad::{gradient_pass, GradOptions, LossSample};
-use c2i_stages::model::tokenizer::encode;
+use c2i_stages::model::tokenizer::{encode, encode_prompt};
 use c2i_stages::model::weights::save_safetensors_bytes;
-use c2i_stages::model::{Llama, LoadedModel, MatrixId};
+use c2i_stages::model::{Decoder, LoadedModel, MatrixId};
 use c2i_stages::score::{sv_grads as compute_sv_grads, Components};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// SmolLM2's chat tokens: a turn opens with the first; the model ends its answer with
-/// the second, where generation stops (and where the exported model's `generate` stops).
-pub(crate) const START_OF_TURN: &str = "<|im_start|>";
-pub(crate) const END_OF_TURN: &str = "<|im_end|>";
 
 fn model(db: &dyn EngineDb, setup: Setup) -> Result<Arc<LoadedModel>, EngineError> {
     db.ctx().model(
@@ -95,7 +90,7 @@ pub fn gradients(db: &dyn EngineDb, setup: Setup) -> Result<Arc<ActionEntry>, En
         for &r in setup.calibration(db) {
             let e = ex.examples.get(r).ok_or(EngineError::Row(r))?;
             samples.push(LossSample {
-                prompt: encode(&loaded.tokenizer, &e.prompt)?,
+                prompt: encode_prompt(&loaded.tokenizer, &e.prompt)?,
                 answer: encode(&loaded.tokenizer, &e.answer.gold_continuation())?,
             });
         }
@@ -342,7 +337,8 @@ pub fn evaluate(db: &dyn EngineDb, req: EvalReq<'_>) -> Result<Arc<ActionEntry>,
             hex(&setup.model_digest(db)),
             blake3::hash(format!("{row_list:?}").as_bytes())
         );
-        let eos = loaded.tokenizer.token_to_id(END_OF_TURN);
+        // Generation stops where the model file says a turn ends.
+        let eos = loaded.special.stop();
         let set = ctx.memo(&set_key, || {
             Ok(EvalSet::from_rows(&ex, &row_list, &loaded.tokenizer, eos)?)
         })?;
@@ -360,14 +356,14 @@ pub fn evaluate(db: &dyn EngineDb, req: EvalReq<'_>) -> Result<Arc<ActionEntry>,
                 Tensor::from_vec(dense, (view.rows(), view.cols()), &Device::Cpu)?,
             );
         }
-        let base = ctx.memo(&format!("llama:{}", hex(&setup.model_digest(db))), || {
-            Ok(Llama::new(&loaded.weights)?)
+        let base = ctx.memo(&format!("decoder:{}", hex(&setup.model_digest(db))), || {
+            Ok(Decoder::new(&loaded.weights)?.inference())
         })?;
         let from = first_changed_layer(&replace);
         let candidate_model = if replace.is_empty() {
             (*base).clone()
         } else {
-            Llama::with_matrices(&loaded.weights, &replace)?
+            Decoder::with_matrices(&loaded.weights, &replace)?.inference()
         };
         ctx.progress.start("evaluate", set.len() as u64);
         // Prefix reuse pays when several candidates share the rows (the selection

@@ -7,15 +7,15 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `smollm2` (SmolLM2-135M-Instruct GGUF), `bigbench` (the bigbench==1.0.0
-    /// package's task.json of epistemic reasoning and WikidataQA; any other task's is
-    /// taken out of the package on first use), or `all`.
+    /// A model (`smollm2`, `qwen2.5-0.5b`, `gemma3-270m`, `qwen2.5-1.5b`), `bigbench`
+    /// (the bigbench==1.0.0 package's task.json of epistemic reasoning and WikidataQA;
+    /// any other task's is taken out of the package on first use), or `all`.
     pub asset: String,
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let names: Vec<&str> = match args.asset.as_str() {
-        "all" => vec!["smollm2", "bigbench"],
+        "all" => assets::ALL.iter().map(|s| s.name).collect(),
         one => vec![one],
     };
     let mut report = serde_json::Map::new();

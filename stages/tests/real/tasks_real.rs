@@ -7,18 +7,17 @@ use crate::common::shared_datasets;
 
 use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::data::{self, load, Answer, ChoiceMode, Dataset, Task};
-use c2i_stages::eval::generate::eos_token_id;
 use c2i_stages::eval::{evaluate, EvalOptions, EvalSet, Prediction, SampleAnswer, TaskMetrics};
 use c2i_stages::model::chat::chat_template;
 use c2i_stages::model::tokenizer::encode;
-use c2i_stages::model::{Llama, LoadedModel, Weights};
+use c2i_stages::model::{Decoder, LoadedModel, Weights};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 struct Fixture {
     loaded: LoadedModel,
-    base: Llama,
+    base: Decoder,
     eos: Option<u32>,
 }
 
@@ -27,8 +26,8 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let path = smollm2_gguf().expect("fetch SmolLM2");
         let loaded = Weights::load_gguf(&path).expect("load GGUF");
-        let base = Llama::new(&loaded.weights).expect("build model");
-        let eos = eos_token_id(&path).expect("read eos id");
+        let base = Decoder::new(&loaded.weights).expect("build model");
+        let eos = loaded.special.stop();
         Fixture { loaded, base, eos }
     })
 }
@@ -87,14 +86,17 @@ fn builtin_tasks_give_the_old_parsers_figures() {
     }
 }
 
-/// JSON equality, numbers to the last bit up to serde_json's float parsing (which may
-/// read the 17th digit one unit off: 2e-16 relative).
+/// JSON equality: every count, index, text, token and flag exactly; log-probabilities
+/// and log-losses to 1e-5 relative. (With the model code of 8ed5d8e they agreed to the
+/// last bit, commit 11a98de; the generic decoder that replaced the llama forward since
+/// (74288b4) moves a generation log-probability by up to ~1.4e-6 relative: the model
+/// side, not the task's.)
 fn same(a: &Value, b: &Value, what: &str) {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
             assert!(
-                (x - y).abs() <= 4e-16 * x.abs().max(1.0),
+                (x - y).abs() <= 1e-5 * x.abs().max(1.0),
                 "{what}: {x} vs {y}"
             );
         }
