@@ -43,6 +43,8 @@ enum Command {
     /// The GPU path against the CPU, and its timings at 7B scale (built with `cuda`).
     #[cfg(feature = "cuda")]
     Gpu(commands::gpu::Args),
+    /// Check a task file and its rows without a model (`c2i task check TASK.toml`).
+    Task(commands::task::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => commands::compare::run(a, &out),
         #[cfg(feature = "cuda")]
         Command::Gpu(a) => commands::gpu::run(a, &out),
+        Command::Task(a) => commands::task::run(a, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

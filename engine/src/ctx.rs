@@ -7,7 +7,7 @@ use c2i_cache::{
     ActionEntry, Blob, BlobRef, CacheError, Digest, KeyParts, Lookup, MissReason, RemoteBackend,
     StatCache, Store,
 };
-use c2i_stages::data::{self, Example, Task};
+use c2i_stages::data::{self, Dataset, Task};
 use c2i_stages::model::{LoadedModel, Weights};
 use serde::Serialize;
 use std::any::Any;
@@ -313,16 +313,17 @@ impl Ctx {
         )
     }
 
-    /// The examples of a data file.
+    /// A data file read for a task (keyed by the task's and the file's content).
     pub fn examples(
         &self,
-        task: Task,
+        task: &Task,
         path: &Path,
         digest: &Digest,
-    ) -> Result<Arc<Vec<Example>>, EngineError> {
-        self.memo(&format!("data:{}:{}", task.name(), digest.to_hex()), || {
-            Ok(data::load(task, path)?)
-        })
+    ) -> Result<Arc<Dataset>, EngineError> {
+        self.memo(
+            &format!("data:{}:{}", task.digest(), digest.to_hex()),
+            || Ok(data::load(task, path)?),
+        )
     }
 
     /// Looks `parts` up on disk; on a miss pulls it from the remote cache if there is

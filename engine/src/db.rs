@@ -45,7 +45,7 @@ pub struct Setup {
     pub data_path: PathBuf,
     #[returns(copy)]
     pub data_digest: [u8; 32],
-    #[returns(copy)]
+    #[returns(ref)]
     pub task: Task,
     #[returns(ref)]
     pub calibration: Vec<usize>,

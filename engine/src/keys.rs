@@ -10,17 +10,27 @@
 
 use c2i_cache::{Digest, Key, KeyBuilder, KeyParts};
 use c2i_stages::data::Task;
+
+/// The key parameter that stands for a task: its content digest (never its path or
+/// file name), so editing a prompt changes the keys of the stages that read the task
+/// and nothing else.
+fn task_param(task: &Task) -> String {
+    task.digest().to_string()
+}
 use c2i_stages::model::MatrixId;
 
 use crate::EngineError;
 
 /// 2: the hand-written CPU forward/backward (`stages::model::ops`) replaced candle autograd.
-pub const GRADIENTS: (&str, &str) = ("gradients", "2");
+/// 3: the task is its task file's content digest, not a built-in name.
+pub const GRADIENTS: (&str, &str) = ("gradients", "3");
 pub const FACTORS: (&str, &str) = ("factors", "1");
 pub const SV_GRADS: (&str, &str) = ("sv-grads", "1");
 /// 2: answer choices are scored on the hand-written kernels (`stages::model::ops::tree`)
 /// instead of candle's ops: the same numbers up to float rounding (~5e-5 in a log-prob).
-pub const EVALUATE: (&str, &str) = ("evaluate", "2");
+/// 3: the task is its task file's content digest; ties between choices are broken
+/// without regard to position; per-row choices report chance.
+pub const EVALUATE: (&str, &str) = ("evaluate", "3");
 
 /// Where a run computes: the device (`cpu`, `cuda:N`) and the weights' dtype on it.
 /// Part of every stage key, so CPU and GPU results never alias in the cache.
@@ -107,18 +117,19 @@ fn done(b: KeyBuilder) -> Result<KeyParts, EngineError> {
     b.build().map_err(EngineError::from)
 }
 
-/// Gradients: model content, data content, the calibration rows and the loss.
+/// Gradients: model content, data content, the task's content, the calibration rows
+/// and the loss.
 pub fn gradients(
     exec: &Exec,
     model: &Digest,
     data: &Digest,
-    task: Task,
+    task: &Task,
     rows: &[usize],
     micro_batch: usize,
 ) -> Result<KeyParts, EngineError> {
     done(
         builder(GRADIENTS, exec)
-            .param("task", task.name())
+            .param("task", task_param(task))
             .param("calibration_rows", rows)
             .param("loss", "mean over samples of summed gold-answer NLL")
             .param("micro_batch", micro_batch)
@@ -160,12 +171,12 @@ pub fn evaluate(
     exec: &Exec,
     model: &Digest,
     data: &Digest,
-    task: Task,
+    task: &Task,
     rows: &[usize],
     candidate: Option<(MatrixId, usize, f64, &Key)>,
 ) -> Result<KeyParts, EngineError> {
     let mut b = builder(EVALUATE, exec)
-        .param("task", task.name())
+        .param("task", task_param(task))
         .param("rows", rows)
         .input("model", Key::from(*model))
         .input("data", Key::from(*data));

@@ -11,7 +11,8 @@ use crate::stages::{spectra, BlockSpectrum};
 use crate::EngineError;
 use c2i_cache::Digest;
 use c2i_stages::assets;
-use c2i_stages::data::split::{sample, selection_samples, Split};
+use c2i_stages::data::split::{sample_with, selection_samples_with, Split};
+use c2i_stages::data::{Format, Task};
 use c2i_stages::eval::metrics::{select_best, SelectionScore};
 use c2i_stages::model::MatrixId;
 use c2i_stages::score::{rank_kept, ScoreRule};
@@ -103,17 +104,51 @@ pub struct RunResult {
     pub resolved: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<crate::export::ExportInfo>,
-    /// The data rows (0-based, in the data file) each sample used.
+    /// The data rows (0-based, in the data file's order; LASER's order for BigBench)
+    /// each sample used: `calibration` by the gradient pass, `evaluation` by the
+    /// baseline's and every candidate's selection evaluation, `heldout` by the
+    /// baseline's and the winner's held-out evaluation.
     pub rows: BTreeMap<String, Vec<usize>>,
     /// The data file read.
     pub data: PathBuf,
     /// Where the stages computed (run.json's versions).
     #[serde(skip)]
     pub exec: crate::keys::Exec,
+    /// What reproduces the run's data: the file's digest, format and row counts.
+    pub data_info: DataInfo,
+    /// The task: name, content digest, where it was defined and what it means.
+    pub task_info: TaskInfo,
     /// What the run did with the remote cache (run.json only: it differs between
     /// runs that found the same results).
     #[serde(skip)]
     pub remote: Option<RemoteSummary>,
+}
+
+/// The data file of a run, as report.json records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataInfo {
+    /// BLAKE3 of the file.
+    pub digest: String,
+    pub format: Format,
+    /// Examples read (after any skipped rows).
+    pub rows: usize,
+    /// Rows left out, with the reason (BigBench generation rows with several targets).
+    pub skipped: usize,
+    /// The first `selection_rows` rows are the selection split.
+    pub selection_rows: usize,
+    pub selection_share: f64,
+}
+
+/// The task of a run, as report.json records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskInfo {
+    pub name: String,
+    /// The content digest that enters the gradients' and evaluations' keys.
+    pub digest: String,
+    /// The task file, or `builtin:NAME`.
+    pub file: PathBuf,
+    /// Every key with its default filled in.
+    pub definition: serde_json::Value,
 }
 
 impl RunResult {
@@ -152,31 +187,43 @@ pub fn resolve_model(path: &str) -> Result<PathBuf, EngineError> {
     Ok(p)
 }
 
-/// The data file: the given path, or the BigBench file rebuilt from the package.
+/// The data file: `data.path`, else the task file's `path`, else (a
+/// `format = "bigbench"` task) the task's `task.json` from the `bigbench` package.
 pub fn resolve_data(p: &Pipeline) -> Result<PathBuf, EngineError> {
-    if let Some(path) = &p.spec.data.path {
-        if !path.exists() {
-            return Err(EngineError::Invalid(format!(
-                "{}: data.path {}: no such file",
-                p.file.display(),
-                path.display()
-            )));
+    resolve_task_data(&p.task, p.spec.data.path.as_deref(), &p.file, "data.path")
+}
+
+/// [`resolve_data`] for a task and an optional explicit path; `origin` and `field`
+/// name where the explicit path was given.
+pub fn resolve_task_data(
+    task: &Task,
+    explicit: Option<&Path>,
+    origin: &Path,
+    field: &str,
+) -> Result<PathBuf, EngineError> {
+    let (path, origin, field) = match (explicit, &task.path) {
+        (Some(p), _) => (p.to_path_buf(), origin.to_path_buf(), field),
+        (None, Some(p)) => (p.clone(), task.origin.clone(), "path"),
+        (None, None) if task.format == Some(Format::Bigbench) => {
+            return Ok(c2i_stages::data::bigbench_package_file(task)?)
         }
-        return Ok(path.clone());
-    }
-    let task = p.spec.data.task;
-    let (paths, _) = assets::ensure(&assets::BIGBENCH)?;
-    let json = match task {
-        c2i_stages::data::Task::EpistemicReasoning => &paths[0],
-        _ => &paths[1],
+        (None, None) => {
+            return Err(EngineError::Invalid(format!(
+                "{}: field `{field}`: missing: task `{}` names no rows (give `{field}`, or \
+                 `path` in the task file)",
+                origin.display(),
+                task.name()
+            )))
+        }
     };
-    let dest = assets::asset_dir(&assets::BIGBENCH)?
-        .join(task.laser_file().rsplit('/').next().unwrap_or("data.jsonl"));
-    if !dest.exists() {
-        let rows = c2i_stages::data::bigbench::rebuild(task, json)?;
-        c2i_stages::data::bigbench::write_jsonl(&rows, &dest)?;
+    if !path.exists() {
+        return Err(EngineError::Invalid(format!(
+            "{}: {field} {}: no such file",
+            origin.display(),
+            path.display()
+        )));
     }
-    Ok(dest)
+    Ok(path)
 }
 
 /// Creates the salsa inputs, or updates only the fields that changed (so salsa keeps
@@ -186,18 +233,34 @@ pub fn setup(db: &mut Database, prev: Option<Setup>, p: &Pipeline) -> Result<Set
     let data_path = resolve_data(p)?;
     let model_digest = *db.ctx().digest_path(&model_path)?.as_bytes();
     let data_digest = *db.ctx().digest_path(&data_path)?.as_bytes();
-    let task = p.spec.data.task;
+    let task = p.task.clone();
     let n_rows = db
         .ctx()
-        .examples(task, &data_path, &Digest::from_bytes(data_digest))?
+        .examples(&task, &data_path, &Digest::from_bytes(data_digest))?
         .len();
-    let sel = selection_samples(n_rows, p.spec.data.evaluation, p.spec.data.calibration)?;
-    let heldout = sample(
+    let share = task.selection_share;
+    let too_few = |e: c2i_stages::data::DataError, field: &str| {
+        EngineError::Invalid(format!(
+            "{}: field `{field}`: {} {e}",
+            p.file.display(),
+            data_path.display()
+        ))
+    };
+    let sel = selection_samples_with(
+        n_rows,
+        share,
+        p.spec.data.evaluation,
+        p.spec.data.calibration,
+    )
+    .map_err(|e| too_few(e, "data.evaluation / data.calibration"))?;
+    let heldout = sample_with(
         Split::HeldOut,
         n_rows,
+        share,
         p.spec.data.heldout.size,
         p.spec.data.heldout.seed,
-    )?;
+    )
+    .map_err(|e| too_few(e, "data.heldout"))?;
     let collapse = p.spec.search.collapse_threshold.to_bits();
     let exec = crate::keys::Exec::parse(&p.spec.run.device, &p.spec.run.dtype).map_err(
         |(field, expected)| {
@@ -321,8 +384,30 @@ pub fn run(
     };
     let matrices = search_matrices(p, n_layers);
     let rule = rule(p);
+    let ds = db.ctx().examples(
+        s.task(db),
+        s.data_path(db),
+        &Digest::from_bytes(s.data_digest(db)),
+    )?;
+    let task = &p.task;
+    let data_info = DataInfo {
+        digest: Digest::from_bytes(s.data_digest(db)).to_hex(),
+        format: ds.format,
+        rows: ds.len(),
+        skipped: ds.skipped.len(),
+        selection_rows: Split::Selection
+            .rows_with(ds.len(), task.selection_share)
+            .len(),
+        selection_share: task.selection_share,
+    };
+    let task_info = TaskInfo {
+        name: task.name().to_string(),
+        digest: task.digest().to_string(),
+        file: task.origin.clone(),
+        definition: task.canonical(),
+    };
     let mut result = RunResult {
-        task: p.spec.data.task.to_string(),
+        task: task.name().to_string(),
         model: p.spec.model.path.clone(),
         mode: p.spec.search.mode,
         selection_metric: p.spec.search.selection_metric.to_string(),
@@ -341,6 +426,8 @@ pub fn run(
         ]),
         data: s.data_path(db).clone(),
         exec: s.exec(db).clone(),
+        data_info,
+        task_info,
         remote: None,
     };
     let finish = |mut result: RunResult, db: &Database| {

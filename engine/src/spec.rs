@@ -6,7 +6,7 @@
 //! Relative paths in the file are resolved against the file's directory.
 
 use c2i_stages::data::split::{SampleSize, SampleSpec};
-use c2i_stages::data::Task;
+use c2i_stages::data::{DataError, Format, Task};
 use c2i_stages::eval::metrics::SelectionMetric;
 use c2i_stages::model::weights::SaveDType;
 use c2i_stages::model::MatrixKind;
@@ -42,6 +42,13 @@ pub enum SpecError {
         field: String,
         expected: String,
     },
+    /// The task named by `data.task` (a built-in name or a task file) is unusable.
+    #[error("{path}: field `data.task`: {source}")]
+    Task {
+        path: PathBuf,
+        #[source]
+        source: DataError,
+    },
 }
 
 /// Which model file.
@@ -57,9 +64,12 @@ pub struct ModelSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
-    pub task: Task,
-    /// The task's JSONL file. For epistemic_reasoning and qa_wikidata it may be left
-    /// out: c2i then rebuilds it from the `bigbench` package (`c2i fetch bigbench`).
+    /// A built-in task (`epistemic_reasoning`, `qa_wikidata`, `fever`, `truthfulqa`,
+    /// `hotpotqa`) or the path of a task file, relative to the pipeline file.
+    pub task: String,
+    /// The rows (JSONL, CSV, Parquet, or a BigBench task.json). When left out, the
+    /// task file's own `path`; for a `format = "bigbench"` task without one, the
+    /// task's `task.json` from the `bigbench` package (fetched on first use).
     #[serde(default)]
     pub path: Option<PathBuf>,
     #[serde(default = "default_calibration")]
@@ -296,6 +306,8 @@ fn default_search() -> SearchSpec {
 pub struct Pipeline {
     pub file: PathBuf,
     pub spec: Spec,
+    /// The task `data.task` names, parsed and validated.
+    pub task: Task,
     /// The matrix kinds searched.
     pub kinds: Vec<MatrixKind>,
     /// rho values (from `keep`, or from `rate`).
@@ -524,15 +536,24 @@ impl Pipeline {
         if spec.cache.timeout_secs == Some(0) {
             return Err(bad("cache.timeout_secs", "a positive number of seconds"));
         }
-        if spec.data.path.is_none() && !spec.data.task.is_bigbench() {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let task = Task::resolve(&spec.data.task, base).map_err(|source| SpecError::Task {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        if spec.data.path.is_none() && task.path.is_none() && task.format != Some(Format::Bigbench)
+        {
             return Err(bad(
                 "data.path",
-                "a path to the task's JSONL file (only BigBench tasks can be fetched)",
+                "the rows' file (JSONL, CSV, Parquet or a BigBench task.json): the task file \
+                 names none, and only a format = \"bigbench\" task is fetched from the \
+                 bigbench package",
             ));
         }
         Ok(Pipeline {
             file: file.to_path_buf(),
             spec,
+            task,
             kinds,
             keep,
         })
@@ -661,6 +682,47 @@ dir = "out/x"
             }
         }
         assert!(n >= 6, "only {n} pipelines in {}", dir.display());
+    }
+
+    #[test]
+    fn task_files_resolve_against_the_pipeline_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tasks")).unwrap();
+        std::fs::write(
+            dir.path().join("tasks/mine.toml"),
+            "name = \"mine\"\nkind = \"choice\"\nprompt = \"{q}\"\nchoices = [\"a\", \"b\"]\nanswer_field = \"y\"\npath = \"rows.jsonl\"\n",
+        )
+        .unwrap();
+        let pipe = dir.path().join("p.toml");
+        let text = MINIMAL.replace("\"epistemic_reasoning\"", "\"tasks/mine.toml\"");
+        let p = Pipeline::parse(&text, &pipe, &[]).unwrap();
+        assert_eq!(p.task.name(), "mine");
+        assert_eq!(p.task.path, Some(dir.path().join("tasks/rows.jsonl")));
+        // Without a path anywhere, a non-BigBench task is an error naming data.path.
+        std::fs::write(
+            dir.path().join("tasks/nopath.toml"),
+            "name = \"n\"\nkind = \"choice\"\nprompt = \"{q}\"\nchoices = [\"a\", \"b\"]\nanswer_field = \"y\"\n",
+        )
+        .unwrap();
+        let text = MINIMAL.replace("\"epistemic_reasoning\"", "\"tasks/nopath.toml\"");
+        let e = Pipeline::parse(&text, &pipe, &[]).unwrap_err().to_string();
+        assert!(e.contains("field `data.path`"), "{e}");
+        // A bad task file: the pipeline, data.task, then the task file's line and key.
+        std::fs::write(
+            dir.path().join("tasks/bad.toml"),
+            "name = \"b\"\nkind = \"rank\"\n",
+        )
+        .unwrap();
+        let text = MINIMAL.replace("\"epistemic_reasoning\"", "\"tasks/bad.toml\"");
+        let e = Pipeline::parse(&text, &pipe, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("field `data.task`") && e.contains("bad.toml:2: field `kind`"),
+            "{e}"
+        );
+        let e = parse(&MINIMAL.replace("epistemic_reasoning", "epistemic"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown task `epistemic`"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::db::{self, Candidate, EngineDb, EvalReq, MatrixReq, Rows, Setup};
 use crate::{keys, EngineError};
 use c2i_cache::{ActionEntry, Blob, Digest, Key, KeyBuilder};
 use c2i_stages::compress::dense_candidate;
-use c2i_stages::data::Example;
+use c2i_stages::data::Dataset;
 use c2i_stages::eval::evaluator::{
     evaluate as run_eval, first_changed_layer, EvalOptions, EvalSet,
 };
@@ -35,12 +35,39 @@ fn model(db: &dyn EngineDb, setup: Setup) -> Result<Arc<LoadedModel>, EngineErro
     )
 }
 
-fn examples(db: &dyn EngineDb, setup: Setup) -> Result<Arc<Vec<Example>>, EngineError> {
+fn examples(db: &dyn EngineDb, setup: Setup) -> Result<Arc<Dataset>, EngineError> {
     db.ctx().examples(
         setup.task(db),
         setup.data_path(db),
         &Digest::from_bytes(setup.data_digest(db)),
     )
+}
+
+/// The examples as the model sees them: wrapped in its chat template for a
+/// `chat = true` task (memoized per task, data and model).
+fn model_examples(
+    db: &dyn EngineDb,
+    setup: Setup,
+    loaded: &LoadedModel,
+) -> Result<Arc<Dataset>, EngineError> {
+    let ds = examples(db, setup)?;
+    if !ds.task.chat {
+        return Ok(ds);
+    }
+    let key = format!(
+        "chat:{}:{}:{}",
+        setup.task(db).digest(),
+        hex(&setup.data_digest(db)),
+        hex(&setup.model_digest(db))
+    );
+    let _ = loaded;
+    db.ctx().memo(&key, || {
+        let path = setup.model_path(db);
+        let template = c2i_stages::model::chat::chat_template(path)?;
+        Ok(ds
+            .for_model(template.as_deref(), &path.display().to_string())?
+            .into_owned())
+    })
 }
 
 /// The gradients' key (also used by `status`).
@@ -63,10 +90,10 @@ pub fn gradients(db: &dyn EngineDb, setup: Setup) -> Result<Arc<ActionEntry>, En
     let parts = gradients_parts(db, setup)?;
     let entry = ctx.get_or_compute(&parts, "all matrices", || {
         let loaded = model(db, setup)?;
-        let ex = examples(db, setup)?;
+        let ex = model_examples(db, setup, &loaded)?;
         let mut samples = Vec::new();
         for &r in setup.calibration(db) {
-            let e = ex.get(r).ok_or(EngineError::Row(r))?;
+            let e = ex.examples.get(r).ok_or(EngineError::Row(r))?;
             samples.push(LossSample {
                 prompt: encode_prompt(&loaded.tokenizer, &e.prompt)?,
                 answer: encode(&loaded.tokenizer, &e.answer.gold_continuation())?,
@@ -348,23 +375,22 @@ pub fn evaluate(db: &dyn EngineDb, req: EvalReq<'_>) -> Result<Arc<ActionEntry>,
     };
     let entry = ctx.get_or_compute(&parts, &instance, || {
         let loaded = model(db, setup)?;
-        let ex = examples(db, setup)?;
+        let ex = model_examples(db, setup, &loaded)?;
         let row_list = rows_of(db, setup, rows);
+        // The set depends on the task, the data, the model (tokenizer, chat template)
+        // and the rows: a sweep may vary any of them.
         let set_key = format!(
-            "evalset:{:?}:{}",
+            "evalset:{:?}:{}:{}:{}:{}",
             rows,
+            setup.task(db).digest(),
+            hex(&setup.data_digest(db)),
+            hex(&setup.model_digest(db)),
             blake3::hash(format!("{row_list:?}").as_bytes())
         );
         // Generation stops where the model file says a turn ends.
         let eos = loaded.special.stop();
         let set = ctx.memo(&set_key, || {
-            Ok(EvalSet::from_rows(
-                setup.task(db),
-                &ex,
-                &row_list,
-                &loaded.tokenizer,
-                eos,
-            )?)
+            Ok(EvalSet::from_rows(&ex, &row_list, &loaded.tokenizer, eos)?)
         })?;
         let opts = eval_options(db, setup);
         let started = Instant::now();

@@ -4,7 +4,7 @@
 use super::Output;
 use crate::resources::{mib, peak_rss_bytes};
 use anyhow::{Context, Result};
-use c2i_stages::data::split::{selection_samples, SampleSize, SampleSpec};
+use c2i_stages::data::split::{selection_samples_with, SampleSize, SampleSpec};
 use c2i_stages::data::{self, Task};
 use c2i_stages::grad::{gradient_pass, GradOptions, LossSample};
 use c2i_stages::model::tokenizer::{encode, encode_prompt};
@@ -16,11 +16,11 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "DATA FORMAT: --data takes a task's JSONL file in LASER's order, one JSON \
-object per line, as in shared/datasets/*/laser_*.jsonl or as `c2i fetch bigbench` writes them: \
-epistemic_reasoning and qa_wikidata {\"inputs\", \"target\", \"split\"}; fever {\"question\", \
-\"answer\": 0|1}; truthfulqa {\"prompt\", \"label\": 0|1}; hotpotqa {\"question\", \"answer\"}. \
-The calibration rows are drawn from the first 20% of the file (LASER's selection split), \
+    after_help = "DATA FORMAT: --data takes the rows of the task (--task): a built-in \
+task's file in LASER's order (shared/datasets/*/laser_*.jsonl, or a BigBench task.json for \
+epistemic_reasoning and qa_wikidata), or the rows of your own task file (JSONL, CSV, \
+Parquet, BigBench task.json; see `c2i task check`). The calibration rows are drawn from the \
+task's selection split (the first 20% of the rows unless the task sets selection_share), \
 disjoint from the evaluation sample of the same --eval-samples/--eval-seed."
 )]
 pub struct Args {
@@ -29,13 +29,13 @@ pub struct Args {
     /// qwen2.5-1.5b.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
-    /// The data file (JSONL, see DATA FORMAT below).
+    /// The data file (see DATA FORMAT below).
     #[arg(long)]
     pub data: PathBuf,
-    /// The task: epistemic_reasoning, qa_wikidata, fever, truthfulqa, hotpotqa.
-    /// Inferred from the file name when omitted.
+    /// A built-in task (epistemic_reasoning, qa_wikidata, fever, truthfulqa, hotpotqa)
+    /// or a task file. Inferred from a LASER file name (laser_fever.jsonl) when omitted.
     #[arg(long)]
-    pub task: Option<Task>,
+    pub task: Option<String>,
     /// Number of calibration samples.
     #[arg(long, default_value_t = 100)]
     pub samples: usize,
@@ -61,24 +61,18 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
     c2i_engine::runner::resolve_model(model).map_err(|e| anyhow::anyhow!("--model {e}"))
 }
 
-/// The task named, or the one whose LASER file name `path` ends with.
-pub fn resolve_task(task: Option<Task>, path: &Path) -> Result<Task> {
+/// The task named (a built-in name or a task file), or the built-in one whose LASER
+/// file name `path` has.
+pub fn resolve_task(task: Option<&str>, path: &Path) -> Result<Task> {
     if let Some(t) = task {
-        return Ok(t);
+        return Ok(Task::resolve(t, Path::new(""))?);
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    Task::ALL
-        .into_iter()
-        .find(|t| t.laser_file().ends_with(&name))
-        .with_context(|| {
-            format!(
-                "{}: cannot tell the task from the file name; pass --task",
-                path.display()
-            )
-        })
+    Task::builtin_for_file(path).with_context(|| {
+        format!(
+            "{}: cannot tell the task from the file name; pass --task",
+            path.display()
+        )
+    })
 }
 
 /// Prompt and gold-answer tokens of some examples.
@@ -100,15 +94,19 @@ pub fn loss_samples(
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let started = Instant::now();
     let model_path = resolve_model(&args.model)?;
-    let task = resolve_task(args.task, &args.data)?;
-    let examples = data::load(task, &args.data)?;
-    let picked = selection_samples(
-        examples.len(),
+    let task = resolve_task(args.task.as_deref(), &args.data)?;
+    let loaded_data = data::load(&task, &args.data)?;
+    let picked = selection_samples_with(
+        loaded_data.len(),
+        task.selection_share,
         SampleSpec::new(SampleSize::N(args.eval_samples), args.eval_seed),
         SampleSpec::new(SampleSize::N(args.samples), args.seed),
     )
     .with_context(|| format!("sampling {}", args.data.display()))?;
     let loaded = Weights::load(&model_path)?;
+    let template = c2i_stages::model::chat::chat_template(&model_path)?;
+    let seen = loaded_data.for_model(template.as_deref(), &model_path.display().to_string())?;
+    let examples = &seen.examples;
     let chosen: Vec<&data::Example> = picked.calibration.iter().map(|&r| &examples[r]).collect();
     let samples = loss_samples(&loaded.tokenizer, &chosen)?;
     let tokens: usize = samples

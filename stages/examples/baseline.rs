@@ -44,7 +44,7 @@ fn parse_args() -> Res<Args> {
     let mut args = Args {
         heldout: None,
         selection: true,
-        tasks: Task::ALL.to_vec(),
+        tasks: builtins(),
         micro_batch: EvalOptions::default().micro_batch,
     };
     let mut it = std::env::args().skip(1);
@@ -59,16 +59,19 @@ fn parse_args() -> Res<Args> {
                 for t in value("--tasks")?.split(',') {
                     match t.trim() {
                         "classification" => tasks.extend(
-                            Task::ALL
-                                .iter()
+                            builtins()
+                                .into_iter()
                                 .filter(|t| t.kind() == TaskKind::Classification),
                         ),
                         "generation" => tasks.extend(
-                            Task::ALL
-                                .iter()
+                            builtins()
+                                .into_iter()
                                 .filter(|t| t.kind() == TaskKind::Generation),
                         ),
-                        name => tasks.push(name.parse()?),
+                        name => tasks.push(
+                            Task::builtin(name)
+                                .ok_or_else(|| format!("unknown built-in task `{name}`"))?,
+                        ),
                     }
                 }
                 args.tasks = tasks;
@@ -85,6 +88,10 @@ fn parse_args() -> Res<Args> {
     Ok(args)
 }
 
+fn builtins() -> Vec<Task> {
+    Task::builtin_names().filter_map(Task::builtin).collect()
+}
+
 fn shared_datasets() -> PathBuf {
     std::env::var_os("C2I_SHARED_DATASETS")
         .map(PathBuf::from)
@@ -98,7 +105,7 @@ fn model_path() -> Res<PathBuf> {
     }
 }
 
-fn row(task: Task, part: &str, r: &EvalResult, secs: f64) -> String {
+fn row(task: &Task, part: &str, r: &EvalResult, secs: f64) -> String {
     match &r.metrics {
         TaskMetrics::Classification(m) => format!(
             "| {task} | {part} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {secs:.1} | predicted {:?}, gold {:?}{} |",
@@ -110,6 +117,15 @@ fn row(task: Task, part: &str, r: &EvalResult, secs: f64) -> String {
             m.predicted_histogram,
             m.gold_histogram,
             if m.collapsed { ", collapsed" } else { "" },
+        ),
+        TaskMetrics::MultipleChoice(m) => format!(
+            "| {task} | {part} | {} | {:.4} | – | chance {:.4} | {:.4} | {secs:.1} | {}-{} choices |",
+            r.samples,
+            m.accuracy,
+            m.chance,
+            r.log_loss,
+            m.min_choices,
+            m.max_choices,
         ),
         TaskMetrics::Generation(m) => format!(
             "| {task} | {part} | {} | {:.4} | – | – | {:.4} | {secs:.1} | EM {:.3}, F1 {:.3}, empty {:.3}, copies prompt {:.3} |",
@@ -145,8 +161,8 @@ fn main() -> Res<()> {
     println!("|---|---|---|---|---|---|---|---|---|");
     std::io::stdout().flush()?;
     let mut total = 0f64;
-    for &task in &args.tasks {
-        let file = root.join(task.laser_file());
+    for task in &args.tasks {
+        let file = root.join(task.laser_file().ok_or("not a built-in task")?);
         let all = load(task, &file)?;
         let mut parts: Vec<(String, Vec<usize>)> = Vec::new();
         if args.selection {
@@ -164,7 +180,7 @@ fn main() -> Res<()> {
             ));
         }
         for (part, rows) in parts {
-            let set = EvalSet::from_rows(task, &all, &rows, &loaded.tokenizer, eos)?;
+            let set = EvalSet::from_rows(&all, &rows, &loaded.tokenizer, eos)?;
             let t = Instant::now();
             let mut last = Instant::now();
             let r = evaluate(&model, &set, None, 0, &opts, &mut |done, n| {

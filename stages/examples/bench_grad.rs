@@ -134,7 +134,8 @@ fn main() -> Res<()> {
     };
 
     let loaded = Weights::load(&model_path()?)?;
-    let examples = data::load(Task::EpistemicReasoning, &data_path)?;
+    let task = Task::builtin("epistemic_reasoning").ok_or("no built-in epistemic_reasoning")?;
+    let examples = data::load(&task, &data_path)?.examples;
     let picked = selection_samples(
         examples.len(),
         SampleSpec::new(SampleSize::N(100), 1),

@@ -62,16 +62,10 @@ fn export_round_trip(model: &str, layer: usize, model_type: &str, architecture: 
         "{model}"
     );
 
-    let examples = data::load(Task::EpistemicReasoning, &data_file).unwrap();
+    let task = Task::builtin("epistemic_reasoning").unwrap();
+    let examples = data::load(&task, &data_file).unwrap();
     let rows: Vec<usize> = serde_json::from_value(report["rows"]["heldout"].clone()).unwrap();
-    let set = EvalSet::from_rows(
-        Task::EpistemicReasoning,
-        &examples,
-        &rows,
-        &loaded.tokenizer,
-        stop,
-    )
-    .unwrap();
+    let set = EvalSet::from_rows(&examples, &rows, &loaded.tokenizer, stop).unwrap();
     let decoder = Decoder::new(&loaded.weights).unwrap().inference();
     let r = evaluate(
         &decoder,

@@ -6,3 +6,4 @@ mod export_model;
 mod faults;
 mod remote_cache;
 mod support;
+mod tasks;

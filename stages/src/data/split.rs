@@ -55,7 +55,13 @@ pub const SELECTION_FRACTION: f64 = 0.2;
 
 /// Number of selection rows among `n_rows`: Python's `int(0.2 * n_rows)`.
 pub fn selection_len(n_rows: usize) -> usize {
-    (SELECTION_FRACTION * n_rows as f64) as usize
+    selection_len_with(n_rows, SELECTION_FRACTION)
+}
+
+/// Number of selection rows among `n_rows` for a task's `selection_share`:
+/// `int(share * n_rows)`, as LASER computes it for 0.2.
+pub fn selection_len_with(n_rows: usize, share: f64) -> usize {
+    (share * n_rows as f64) as usize
 }
 
 /// A part of a data file in LASER's order.
@@ -80,9 +86,14 @@ impl Split {
         }
     }
 
-    /// The rows of this split in a file of `n_rows` rows.
+    /// The rows of this split in a file of `n_rows` rows (LASER's 20 %).
     pub fn rows(self, n_rows: usize) -> Range<usize> {
-        let v = selection_len(n_rows);
+        self.rows_with(n_rows, SELECTION_FRACTION)
+    }
+
+    /// The rows of this split when the first `share` of the rows select.
+    pub fn rows_with(self, n_rows: usize, share: f64) -> Range<usize> {
+        let v = selection_len_with(n_rows, share);
         match self {
             Split::Selection => 0..v,
             Split::HeldOut => v..n_rows,
@@ -243,7 +254,18 @@ pub fn sample(
     size: SampleSize,
     seed: u64,
 ) -> Result<Vec<usize>, DataError> {
-    let pool: Vec<usize> = split.rows(n_rows).collect();
+    sample_with(split, n_rows, SELECTION_FRACTION, size, seed)
+}
+
+/// [`sample`] when the first `share` of the rows select.
+pub fn sample_with(
+    split: Split,
+    n_rows: usize,
+    share: f64,
+    size: SampleSize,
+    seed: u64,
+) -> Result<Vec<usize>, DataError> {
+    let pool: Vec<usize> = split.rows_with(n_rows, share).collect();
     sample_from(&pool, size, seed, split.name()).map_err(|e| match e {
         DataError::SampleTooLarge {
             what,
@@ -277,9 +299,25 @@ pub fn selection_samples(
     evaluation: SampleSpec,
     calibration: SampleSpec,
 ) -> Result<SelectionSamples, DataError> {
-    let sel = Split::Selection.rows(n_rows);
-    let eval = sample(Split::Selection, n_rows, evaluation.size, evaluation.seed)
-        .map_err(|e| rename_what(e, "evaluation"))?;
+    selection_samples_with(n_rows, SELECTION_FRACTION, evaluation, calibration)
+}
+
+/// [`selection_samples`] when the first `share` of the rows select.
+pub fn selection_samples_with(
+    n_rows: usize,
+    share: f64,
+    evaluation: SampleSpec,
+    calibration: SampleSpec,
+) -> Result<SelectionSamples, DataError> {
+    let sel = Split::Selection.rows_with(n_rows, share);
+    let eval = sample_with(
+        Split::Selection,
+        n_rows,
+        share,
+        evaluation.size,
+        evaluation.seed,
+    )
+    .map_err(|e| rename_what(e, "evaluation"))?;
     let mut in_eval = vec![false; sel.len()];
     for &r in &eval {
         in_eval[r - sel.start] = true;

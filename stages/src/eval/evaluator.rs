@@ -4,17 +4,22 @@
 //!
 //! # Protocol
 //!
-//! - **Classification** (epistemic reasoning, FEVER, TruthfulQA): every choice is
-//!   scored by the log-probability of its tokens after the prompt, summed over the
-//!   choice's tokens (LASER's rule). The prediction is the argmax of these sums; ties
-//!   go to the lower choice index (numpy's `argmax`). The prompt runs once per sample
-//!   for all choices ([`choice`]'s tree layout). The gold
-//!   log-probability is the gold choice's sum.
+//! - **Choice** (epistemic reasoning, FEVER, TruthfulQA, any `kind = "choice"` task):
+//!   every choice is scored by the log-probability of its tokens after the prompt,
+//!   summed over the choice's tokens (LASER's rule). The prediction is the argmax of
+//!   these sums; an exact tie goes to the tied choice whose text has the smallest
+//!   BLAKE3 hash ([`choose`]), never to a position, so the order in which a task lists
+//!   its choices cannot help. The prompt runs once per sample for all choices
+//!   ([`choice`]'s tree layout). The gold log-probability is the gold choice's sum.
+//!   With the same choices on every row they are classes ([`classification_metrics`]:
+//!   balanced accuracy, majority-class rate); with per-row choices it is multiple
+//!   choice ([`multiple_choice_metrics`]: accuracy against chance, the mean of
+//!   1/choices).
 //! - **Generation** (WikidataQA, HotPotQA): greedy decoding with a KV cache
 //!   ([`generate`]) of at most the example's `max_new_tokens`, stopping
 //!   at the end-of-sequence token when the set has one; the continuation alone (EOS
-//!   excluded, special tokens skipped) is decoded and scored with
-//!   [`score_generation`]. The gold log-probability is the summed log-probability of
+//!   excluded, special tokens skipped) is decoded, cut before the first of the task's
+//!   `stop` strings, and scored with [`score_generation`] under the task's `match`. The gold log-probability is the summed log-probability of
 //!   the tokens of `" " + target` after the prompt, teacher-forced (the gradient pass's
 //!   loss), computed in the same forward as the prompt.
 //! - **Log-loss** is [`mean_log_loss`] of the gold log-probabilities.
@@ -41,12 +46,14 @@
 use super::choice;
 use super::generate;
 use super::metrics::{
-    classification_metrics, generation_metrics, mean_log_loss, score_generation,
-    ClassificationMetrics, GenerationMetrics, GenerationScore, MetricsError, SelectionScore,
+    choose, classification_metrics, cut_at_stop, generation_metrics, mean_log_loss,
+    multiple_choice_metrics, score_generation, ClassificationMetrics, GenerationMetrics,
+    GenerationScore, MetricsError, MultipleChoiceMetrics, SelectionScore,
     DEFAULT_COLLAPSE_THRESHOLD,
 };
 use super::prefix::{Prefix, Start};
-use crate::data::{Answer, Example, Task, TaskKind};
+use crate::data::task::Generation;
+use crate::data::{Answer, ChoiceMode, Dataset, Example, Task, TaskKind};
 use crate::model::tokenizer::{encode, encode_prompt};
 use crate::model::{Decoder, MatrixId, ModelError};
 use serde::{Deserialize, Serialize};
@@ -75,7 +82,7 @@ pub enum EvalError {
     NoTokens { row: usize, what: String },
     #[error("row {row}: a choice answer without choices")]
     NoChoices { row: usize },
-    #[error("row {row}: {found} choices, but the set's first sample has {expected}")]
+    #[error("row {row}: {found} choices, but the task's classes are {expected}")]
     ChoiceCount {
         row: usize,
         expected: usize,
@@ -163,8 +170,13 @@ impl EvalOptions {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SampleAnswer {
     /// Each choice's tokens (each choice string encoded on its own, leading space
-    /// included) and the gold index.
-    Choice { choices: Vec<Vec<u32>>, gold: usize },
+    /// included), the gold index, and the choices' texts (for position-free ties).
+    Choice {
+        choices: Vec<Vec<u32>>,
+        gold: usize,
+        #[serde(default)]
+        texts: Vec<String>,
+    },
     /// The target string, the tokens of `" " + target` (teacher-forced for the
     /// log-loss) and the generation length.
     Generate {
@@ -216,18 +228,23 @@ impl EvalSample {
 pub struct EvalSet {
     task: Task,
     samples: Vec<EvalSample>,
+    /// Number of classes (fixed choices); 0 for per-row choices and generation.
     n_classes: usize,
+    per_row: bool,
+    generation: Option<Generation>,
     eos: Option<u32>,
     tokenizer: Arc<Tokenizer>,
     fingerprint: String,
 }
 
 impl EvalSet {
-    /// Tokenizes `examples` (in the given order) for `task`. `eos` is the token that
-    /// ends a generation early (the model's [`SpecialTokens::stop`](crate::model::tokenizer::SpecialTokens::stop)); `None`
+    /// Tokenizes `examples` (in the given order) of the data set `data` (which says
+    /// whether the choices are classes or per row). `eos` is the token that ends a
+    /// generation early (the model's
+    /// [`SpecialTokens::stop`](crate::model::tokenizer::SpecialTokens::stop)); `None`
     /// always generates `max_new_tokens` tokens.
     pub fn new(
-        task: Task,
+        data: &Dataset,
         examples: &[Example],
         tokenizer: &Tokenizer,
         eos: Option<u32>,
@@ -235,6 +252,7 @@ impl EvalSet {
         if examples.is_empty() {
             return Err(EvalError::Empty);
         }
+        let task = data.task.clone();
         let tok = |row: usize, what: &str, text: &str| -> Result<Vec<u32>, EvalError> {
             // A prompt gets the special tokens the model's tokenizer adds (Gemma's BOS).
             let ids = if what == "the prompt" {
@@ -250,8 +268,11 @@ impl EvalSet {
             }
             Ok(ids)
         };
+        let (per_row, n_classes) = match &data.choices {
+            Some(ChoiceMode::Classes { classes }) => (false, classes.len()),
+            Some(ChoiceMode::PerRow) | None => (data.choices.is_some(), 0),
+        };
         let mut samples = Vec::with_capacity(examples.len());
-        let mut n_classes = 0;
         for ex in examples {
             let row = ex.row;
             let prompt = tok(row, "the prompt", &ex.prompt)?;
@@ -260,10 +281,7 @@ impl EvalSet {
                     if choices.is_empty() {
                         return Err(EvalError::NoChoices { row });
                     }
-                    if samples.is_empty() {
-                        n_classes = choices.len();
-                    }
-                    if choices.len() != n_classes {
+                    if !per_row && choices.len() != n_classes {
                         return Err(EvalError::ChoiceCount {
                             row,
                             expected: n_classes,
@@ -277,14 +295,15 @@ impl EvalSet {
                             choices: choices.len(),
                         });
                     }
-                    let choices = choices
+                    let tokens = choices
                         .iter()
                         .enumerate()
                         .map(|(i, c)| tok(row, &format!("choice {i} {c:?}"), c))
                         .collect::<Result<Vec<_>, _>>()?;
                     SampleAnswer::Choice {
-                        choices,
+                        choices: tokens,
                         gold: *gold,
+                        texts: choices.clone(),
                     }
                 }
                 (
@@ -292,6 +311,7 @@ impl EvalSet {
                     Answer::Generate {
                         target,
                         max_new_tokens,
+                        ..
                     },
                 ) => {
                     if *max_new_tokens == 0 {
@@ -321,26 +341,28 @@ impl EvalSet {
                 answer,
             });
         }
-        let fingerprint = fingerprint(task, &samples, eos);
+        let fingerprint = fingerprint(&task, per_row, &samples, eos);
         Ok(EvalSet {
+            generation: task.generation.clone(),
             task,
             samples,
             n_classes,
+            per_row,
             eos,
             tokenizer: Arc::new(tokenizer.clone()),
             fingerprint,
         })
     }
 
-    /// The examples at `rows` of a whole data file (`examples[i].row == i`), in the
-    /// order of `rows`.
+    /// The examples at `rows` of a data set (`examples[i].row == i`), in the order of
+    /// `rows`.
     pub fn from_rows(
-        task: Task,
-        examples: &[Example],
+        data: &Dataset,
         rows: &[usize],
         tokenizer: &Tokenizer,
         eos: Option<u32>,
     ) -> Result<EvalSet, EvalError> {
+        let examples = &data.examples;
         let picked = rows
             .iter()
             .map(|&row| {
@@ -355,11 +377,17 @@ impl EvalSet {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        EvalSet::new(task, &picked, tokenizer, eos)
+        EvalSet::new(data, &picked, tokenizer, eos)
     }
 
+    /// The task (a cheap clone).
     pub fn task(&self) -> Task {
-        self.task
+        self.task.clone()
+    }
+
+    /// Whether each row has its own choices (multiple choice).
+    pub fn per_row_choices(&self) -> bool {
+        self.per_row
     }
 
     pub fn samples(&self) -> &[EvalSample] {
@@ -374,7 +402,8 @@ impl EvalSet {
         self.samples.is_empty()
     }
 
-    /// Number of choices of every sample; 0 for a generation task.
+    /// Number of classes (the choices of every sample); 0 for per-row choices and for a
+    /// generation task.
     pub fn n_classes(&self) -> usize {
         self.n_classes
     }
@@ -387,8 +416,8 @@ impl EvalSet {
         &self.tokenizer
     }
 
-    /// BLAKE3 (hex) of the task, the eos id and every sample's tokens and targets: two
-    /// sets with the same fingerprint evaluate identically.
+    /// BLAKE3 (hex) of the task's digest, the eos id and every sample's tokens and
+    /// targets: two sets with the same fingerprint evaluate identically.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -453,11 +482,11 @@ impl EvalSet {
     }
 }
 
-fn fingerprint(task: Task, samples: &[EvalSample], eos: Option<u32>) -> String {
+fn fingerprint(task: &Task, per_row: bool, samples: &[EvalSample], eos: Option<u32>) -> String {
     let mut h = blake3::Hasher::new();
-    h.update(b"c2i-eval-set-v1\0");
-    h.update(task.name().as_bytes());
-    h.update(&[0]);
+    h.update(b"c2i-eval-set-v2\0");
+    h.update(task.digest().as_bytes());
+    h.update(&[0, u8::from(per_row)]);
     h.update(&eos.map_or(u64::MAX, u64::from).to_le_bytes());
     let words = |h: &mut blake3::Hasher, xs: &[u32]| {
         h.update(&(xs.len() as u64).to_le_bytes());
@@ -469,11 +498,19 @@ fn fingerprint(task: Task, samples: &[EvalSample], eos: Option<u32>) -> String {
         h.update(&(s.row as u64).to_le_bytes());
         words(&mut h, &s.prompt);
         match &s.answer {
-            SampleAnswer::Choice { choices, gold } => {
+            SampleAnswer::Choice {
+                choices,
+                gold,
+                texts,
+            } => {
                 h.update(&(*gold as u64).to_le_bytes());
                 h.update(&(choices.len() as u64).to_le_bytes());
                 for c in choices {
                     words(&mut h, c);
+                }
+                for t in texts {
+                    h.update(&(t.len() as u64).to_le_bytes());
+                    h.update(t.as_bytes());
                 }
             }
             SampleAnswer::Generate {
@@ -536,7 +573,10 @@ pub struct SampleRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TaskMetrics {
+    /// Fixed choices: classes.
     Classification(ClassificationMetrics),
+    /// Per-row choices.
+    MultipleChoice(MultipleChoiceMetrics),
     Generation(GenerationMetrics),
 }
 
@@ -544,15 +584,16 @@ impl TaskMetrics {
     pub fn accuracy(&self) -> f64 {
         match self {
             TaskMetrics::Classification(m) => m.accuracy,
+            TaskMetrics::MultipleChoice(m) => m.accuracy,
             TaskMetrics::Generation(m) => m.accuracy,
         }
     }
 
-    /// `None` for generation.
+    /// `None` for multiple choice and generation.
     pub fn balanced_accuracy(&self) -> Option<f64> {
         match self {
             TaskMetrics::Classification(m) => Some(m.balanced_accuracy),
-            TaskMetrics::Generation(_) => None,
+            TaskMetrics::MultipleChoice(_) | TaskMetrics::Generation(_) => None,
         }
     }
 }
@@ -560,7 +601,8 @@ impl TaskMetrics {
 /// The result of one model on one set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalResult {
-    pub task: Task,
+    /// The task's name.
+    pub task: String,
     /// The set's fingerprint ([`EvalSet::fingerprint`]).
     pub set: String,
     pub samples: usize,
@@ -585,7 +627,8 @@ pub(crate) enum Raw {
     Generation(generate::GenOutput),
 }
 
-/// Index of the largest value; ties (and NaN) go to the lower index.
+/// Index of the largest value; ties (and NaN) go to the lower index. For greedy
+/// decoding over a vocabulary; answer choices use the position-free [`choose`].
 pub fn argmax_first(xs: &[f64]) -> usize {
     let mut best = 0;
     for (i, &x) in xs.iter().enumerate() {
@@ -676,8 +719,8 @@ fn assemble(
             EvalError::Prefix(format!("row {}: the plan skipped this sample", s.row))
         })?;
         let rec = match (&s.answer, r) {
-            (SampleAnswer::Choice { gold, .. }, Raw::Choice(lps)) => {
-                let index = argmax_first(&lps);
+            (SampleAnswer::Choice { gold, texts, .. }, Raw::Choice(lps)) => {
+                let index = choose(&lps, texts);
                 SampleRecord {
                     row: s.row,
                     gold_log_prob: lps[*gold],
@@ -690,11 +733,16 @@ fn assemble(
                 }
             }
             (SampleAnswer::Generate { target, .. }, Raw::Generation(g)) => {
-                let text = set
+                let decoded = set
                     .tokenizer
                     .decode(&g.tokens, true)
                     .map_err(|e| EvalError::Tokenizer(format!("row {}: {e}", s.row)))?;
-                let scores = score_generation(&s.prompt_text, &text, target);
+                let (stop, how) = match &set.generation {
+                    Some(gen) => (&gen.stop[..], gen.match_),
+                    None => (&[][..], Default::default()),
+                };
+                let text = cut_at_stop(&decoded, stop).to_owned();
+                let scores = score_generation(&s.prompt_text, &text, target, how);
                 SampleRecord {
                     row: s.row,
                     gold_log_prob: g.target_log_prob,
@@ -713,7 +761,7 @@ fn assemble(
             _ => {
                 return Err(EvalError::AnswerKind {
                     row: s.row,
-                    task: set.task,
+                    task: set.task.clone(),
                     expected: "matching",
                 })
             }
@@ -723,6 +771,17 @@ fn assemble(
     let gold_lps: Vec<f64> = records.iter().map(|r| r.gold_log_prob).collect();
     let log_loss = mean_log_loss(&gold_lps)?;
     let metrics = match set.task.kind() {
+        TaskKind::Classification if set.per_row => {
+            let mut hits = Vec::with_capacity(records.len());
+            let mut n_choices = Vec::with_capacity(records.len());
+            for (r, s) in records.iter().zip(&set.samples) {
+                if let SampleAnswer::Choice { choices, .. } = &s.answer {
+                    hits.push(r.correct);
+                    n_choices.push(choices.len());
+                }
+            }
+            TaskMetrics::MultipleChoice(multiple_choice_metrics(&hits, &n_choices)?)
+        }
         TaskKind::Classification => {
             let mut gold = Vec::with_capacity(records.len());
             let mut pred = Vec::with_capacity(records.len());
@@ -749,15 +808,21 @@ fn assemble(
                     Prediction::Choice { .. } => None,
                 })
                 .collect();
-            TaskMetrics::Generation(generation_metrics(&scores)?)
+            let how = set
+                .generation
+                .as_ref()
+                .map(|g| g.match_)
+                .unwrap_or_default();
+            TaskMetrics::Generation(generation_metrics(&scores, how)?)
         }
     };
     let selection = match &metrics {
         TaskMetrics::Classification(m) => SelectionScore::from_classification(m, log_loss),
+        TaskMetrics::MultipleChoice(m) => SelectionScore::from_multiple_choice(m, log_loss),
         TaskMetrics::Generation(m) => SelectionScore::from_generation(m, log_loss),
     };
     Ok(EvalResult {
-        task: set.task,
+        task: set.task.name().to_owned(),
         set: set.fingerprint.clone(),
         samples: records.len(),
         metrics,

@@ -20,6 +20,24 @@
 //!   [`DEFAULT_COLLAPSE_THRESHOLD`] = 0.95): the model (or a candidate) answers almost
 //!   always the same class, so its accuracy says little beyond the label balance.
 //!
+//! # Multiple choice ([`multiple_choice_metrics`])
+//!
+//! When each row has its own choices, a class index means nothing across rows (it is
+//! a position in the row's list), so neither balanced accuracy nor a majority-class
+//! rate over gold positions is reported: a task that lists the gold answer first in
+//! most rows would make "always answer the first" look like skill. Instead:
+//!
+//! - **accuracy** = share of rows whose prediction is the gold choice;
+//! - **chance** = mean over rows of `1 / choices`: what a uniformly random choice
+//!   scores, the floor a real model must clear.
+//!
+//! # Ties between choices ([`choose`])
+//!
+//! The prediction is the choice with the largest summed log-probability; exact ties
+//! (and an all-NaN row) go to the tied choice whose text has the smallest BLAKE3
+//! hash, which does not depend on where the task lists it. NaN counts as the lowest
+//! value.
+//!
 //! # Log-loss
 //!
 //! [`mean_log_loss`] is the mean over samples of `-log p(gold answer | prompt)`, from
@@ -31,11 +49,16 @@
 //!
 //! All checks look at the generated **continuation only**, never the prompt:
 //!
-//! - **correct** ([`substring_match`]): LASER's `generation_match` with its
+//! - **correct** under the task's `match` ([`Match`]): `substring` (the default,
+//!   [`substring_match`]) is LASER's `generation_match` with its
 //!   `case_sensitive=False, strip=True`: `target.strip().lower()` is a substring of
 //!   `continuation.strip().lower()`. (LASER's decoded generation includes the prompt,
 //!   so an answer already in the prompt counted as correct there; not here.) An empty
-//!   target never matches.
+//!   target never matches. `exact` is SQuAD's exact match; `token_f1` credits each row
+//!   with its token F1 (accuracy is then the mean F1, and a row is *correct* only
+//!   with F1 = 1).
+//! - a task's `stop` strings cut the continuation before the first of them
+//!   ([`cut_at_stop`]) before anything is scored.
 //! - **exact match** and **token F1**: SQuAD's `normalize_answer` ([`normalize_answer`]:
 //!   lower-case, drop ASCII punctuation, drop the articles a/an/the, collapse
 //!   whitespace), then equality, and the F1 of the multiset overlap of the
@@ -55,6 +78,7 @@
 //! wins; pass the position in the search order to match LASER). NaN counts as the worst
 //! value of a metric and of a log-loss.
 
+use crate::data::Match;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -84,7 +108,9 @@ pub enum MetricsError {
     },
     #[error("sample {position} has an answer of 0 tokens")]
     ZeroLengthAnswer { position: usize },
-    #[error("selection metric `{metric}` is not available for this result (a generation task has no balanced accuracy)")]
+    #[error("sample {position} has no choices")]
+    NoChoices { position: usize },
+    #[error("selection metric `{metric}` is not available for this result (a generation task or per-row multiple choice has no balanced accuracy)")]
     MetricUnavailable { metric: SelectionMetric },
     #[error("unknown selection metric `{0}`: expected accuracy or balanced_accuracy")]
     UnknownMetric(String),
@@ -191,6 +217,84 @@ pub fn classification_metrics(
         collapse_threshold,
         collapsed: max_predicted_share > collapse_threshold,
     })
+}
+
+/// Metrics of per-row multiple choice (fractions in [0, 1]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultipleChoiceMetrics {
+    pub n: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Mean of `1 / choices`: the expected accuracy of a uniformly random choice.
+    pub chance: f64,
+    /// Fewest and most choices of a row.
+    pub min_choices: usize,
+    pub max_choices: usize,
+}
+
+/// Multiple-choice metrics from each row's hit and number of choices.
+pub fn multiple_choice_metrics(
+    correct: &[bool],
+    n_choices: &[usize],
+) -> Result<MultipleChoiceMetrics, MetricsError> {
+    if correct.len() != n_choices.len() {
+        return Err(MetricsError::LengthMismatch {
+            what: "hits and choice counts",
+            left: correct.len(),
+            right: n_choices.len(),
+        });
+    }
+    if correct.is_empty() {
+        return Err(MetricsError::Empty);
+    }
+    if let Some(position) = n_choices.iter().position(|&c| c == 0) {
+        return Err(MetricsError::NoChoices { position });
+    }
+    let n = correct.len();
+    let hits = correct.iter().filter(|&&c| c).count();
+    Ok(MultipleChoiceMetrics {
+        n,
+        correct: hits,
+        accuracy: hits as f64 / n as f64,
+        chance: n_choices.iter().map(|&c| 1.0 / c as f64).sum::<f64>() / n as f64,
+        min_choices: n_choices.iter().copied().min().unwrap_or(0),
+        max_choices: n_choices.iter().copied().max().unwrap_or(0),
+    })
+}
+
+/// The chosen answer: the index of the largest log-probability, exact ties (NaN the
+/// lowest) to the tied choice whose text has the smallest BLAKE3 hash, so the choices'
+/// order never decides. Without texts (or with repeated ones) the lower index wins a
+/// remaining tie.
+pub fn choose(log_probs: &[f64], texts: &[String]) -> usize {
+    let key = |x: f64| if x.is_nan() { f64::NEG_INFINITY } else { x };
+    let best = log_probs
+        .iter()
+        .copied()
+        .map(key)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let hash = |i: usize| texts.get(i).map(|t| *blake3::hash(t.as_bytes()).as_bytes());
+    let mut chosen: Option<usize> = None;
+    for (i, &x) in log_probs.iter().enumerate() {
+        if key(x) != best {
+            continue;
+        }
+        chosen = match chosen {
+            Some(c) if hash(c) <= hash(i) => Some(c),
+            _ => Some(i),
+        };
+    }
+    chosen.unwrap_or(0)
+}
+
+/// `text` up to the first occurrence of any of `stop` (all of it when none occurs).
+pub fn cut_at_stop<'a>(text: &'a str, stop: &[String]) -> &'a str {
+    let end = stop
+        .iter()
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+        .unwrap_or(text.len());
+    &text[..end]
 }
 
 /// Mean of `-log p(gold)` from each sample's summed gold log-probability.
@@ -336,20 +440,37 @@ pub fn copies_prompt(prompt: &str, continuation: &str) -> bool {
 /// The scores of one generated continuation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GenerationScore {
-    /// [`substring_match`]: the accuracy criterion.
+    /// Full credit under the task's match ([`substring_match`] by default).
     pub correct: bool,
+    /// The row's credit in [0, 1] (0/1, or the token F1 for `match = "token_f1"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<f64>,
     pub exact_match: bool,
     pub token_f1: f64,
     pub empty: bool,
     pub copies_prompt: bool,
 }
 
-/// Score one continuation (the generated text after the prompt, without it).
-pub fn score_generation(prompt: &str, continuation: &str, target: &str) -> GenerationScore {
+/// Score one continuation (the generated text after the prompt, without it) under a
+/// task's `match`.
+pub fn score_generation(
+    prompt: &str,
+    continuation: &str,
+    target: &str,
+    how: Match,
+) -> GenerationScore {
+    let exact = exact_match(continuation, target);
+    let f1 = token_f1(continuation, target);
+    let (correct, credit) = match how {
+        Match::Substring => (substring_match(continuation, target), None),
+        Match::Exact => (exact, None),
+        Match::TokenF1 => (f1 == 1.0, Some(f1)),
+    };
     GenerationScore {
-        correct: substring_match(continuation, target),
-        exact_match: exact_match(continuation, target),
-        token_f1: token_f1(continuation, target),
+        correct,
+        credit,
+        exact_match: exact,
+        token_f1: f1,
         empty: is_empty_generation(continuation),
         copies_prompt: copies_prompt(prompt, continuation),
     }
@@ -360,8 +481,11 @@ pub fn score_generation(prompt: &str, continuation: &str, target: &str) -> Gener
 pub struct GenerationMetrics {
     pub n: usize,
     pub correct: usize,
-    /// Share of [`GenerationScore::correct`].
+    /// Share of [`GenerationScore::correct`] (mean token F1 for `match = "token_f1"`).
     pub accuracy: f64,
+    /// The match rule, when it is not LASER's `substring`.
+    #[serde(rename = "match", default, skip_serializing_if = "is_substring")]
+    pub match_: Match,
     pub exact_match: f64,
     /// Mean token F1.
     pub token_f1: f64,
@@ -369,18 +493,36 @@ pub struct GenerationMetrics {
     pub prompt_copy_rate: f64,
 }
 
-/// Aggregate per-sample generation scores.
-pub fn generation_metrics(scores: &[GenerationScore]) -> Result<GenerationMetrics, MetricsError> {
+fn is_substring(m: &Match) -> bool {
+    *m == Match::Substring
+}
+
+/// Aggregate per-sample generation scores made under `how`.
+pub fn generation_metrics(
+    scores: &[GenerationScore],
+    how: Match,
+) -> Result<GenerationMetrics, MetricsError> {
     if scores.is_empty() {
         return Err(MetricsError::Empty);
     }
     let n = scores.len() as f64;
     let share = |f: fn(&GenerationScore) -> bool| scores.iter().filter(|s| f(s)).count() as f64 / n;
     let correct = scores.iter().filter(|s| s.correct).count();
+    let accuracy = match how {
+        Match::TokenF1 => {
+            scores
+                .iter()
+                .map(|s| s.credit.unwrap_or(s.token_f1))
+                .sum::<f64>()
+                / n
+        }
+        Match::Substring | Match::Exact => correct as f64 / n,
+    };
     Ok(GenerationMetrics {
         n: scores.len(),
         correct,
-        accuracy: correct as f64 / n,
+        accuracy,
+        match_: how,
         exact_match: share(|s| s.exact_match),
         token_f1: scores.iter().map(|s| s.token_f1).sum::<f64>() / n,
         empty_rate: share(|s| s.empty),
@@ -450,6 +592,14 @@ impl SelectionScore {
         SelectionScore {
             accuracy: m.accuracy,
             balanced_accuracy: Some(m.balanced_accuracy),
+            log_loss,
+        }
+    }
+
+    pub fn from_multiple_choice(m: &MultipleChoiceMetrics, log_loss: f64) -> Self {
+        SelectionScore {
+            accuracy: m.accuracy,
+            balanced_accuracy: None,
             log_loss,
         }
     }
@@ -635,10 +785,10 @@ mod tests {
     fn substring_match_uses_continuation_only() {
         let prompt = "The country of Vadodara is India? The answer is";
         // The answer appears in the prompt but not in the continuation: wrong.
-        let s = score_generation(prompt, " a city in Gujarat.", "India");
+        let s = score_generation(prompt, " a city in Gujarat.", "India", Match::Substring);
         assert!(!s.correct);
         assert!(!substring_match(" a city in Gujarat.", "India"));
-        let s = score_generation(prompt, " India, in Asia", " india ");
+        let s = score_generation(prompt, " India, in Asia", " india ", Match::Substring);
         assert!(s.correct);
         assert!(!s.exact_match);
         assert!(substring_match("\n  INDIA\n", "India"));
@@ -665,26 +815,41 @@ mod tests {
     fn empty_and_prompt_copy() {
         let prompt =
             "Which magazine was started first Arthur's Magazine or First for Women? The answer is";
-        let s = score_generation(prompt, " ...", "Arthur's Magazine");
+        let s = score_generation(prompt, " ...", "Arthur's Magazine", Match::Substring);
         assert!(s.empty && !s.copies_prompt && !s.correct);
-        let s = score_generation(prompt, " Arthur's Magazine", "Arthur's Magazine");
+        let s = score_generation(
+            prompt,
+            " Arthur's Magazine",
+            "Arthur's Magazine",
+            Match::Substring,
+        );
         assert!(s.correct && s.copies_prompt && s.exact_match && !s.empty);
         let s = score_generation(
             prompt,
             " First for Women? The answer is",
             "Arthur's Magazine",
+            Match::Substring,
         );
         assert!(s.copies_prompt && !s.correct);
-        let m = generation_metrics(&[
-            score_generation(prompt, " ...", "Arthur's Magazine"),
-            score_generation(prompt, " Arthur's Magazine", "Arthur's Magazine"),
-            score_generation(prompt, " 1844", "Arthur's Magazine"),
-            score_generation(
-                prompt,
-                " First for Women? The answer is",
-                "Arthur's Magazine",
-            ),
-        ])
+        let m = generation_metrics(
+            &[
+                score_generation(prompt, " ...", "Arthur's Magazine", Match::Substring),
+                score_generation(
+                    prompt,
+                    " Arthur's Magazine",
+                    "Arthur's Magazine",
+                    Match::Substring,
+                ),
+                score_generation(prompt, " 1844", "Arthur's Magazine", Match::Substring),
+                score_generation(
+                    prompt,
+                    " First for Women? The answer is",
+                    "Arthur's Magazine",
+                    Match::Substring,
+                ),
+            ],
+            Match::Substring,
+        )
         .unwrap();
         assert_eq!((m.n, m.correct), (4, 1));
         assert!(close(m.accuracy, 0.25));
@@ -692,7 +857,10 @@ mod tests {
         assert!(close(m.empty_rate, 0.25));
         assert!(close(m.prompt_copy_rate, 0.5));
         assert!(close(m.token_f1, 0.25));
-        assert_eq!(generation_metrics(&[]).unwrap_err(), MetricsError::Empty);
+        assert_eq!(
+            generation_metrics(&[], Match::Substring).unwrap_err(),
+            MetricsError::Empty
+        );
     }
 
     #[test]
@@ -765,5 +933,81 @@ mod tests {
         let j = serde_json::to_value(&m).unwrap();
         assert_eq!(j["balanced_accuracy"], 0.5);
         assert_eq!(j["collapsed"], true);
+    }
+
+    #[test]
+    fn ties_do_not_depend_on_position() {
+        let texts = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let a = texts(&[" a", " b", " c"]);
+        assert_eq!(choose(&[-1.0, -0.5, -2.0], &a), 1);
+        // A three-way tie goes to the same text in every order of the choices.
+        let base = choose(&[-1.0, -1.0, -1.0], &a);
+        let winner = &a[base];
+        for perm in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let t: Vec<String> = perm.iter().map(|&i| a[i].clone()).collect();
+            assert_eq!(&t[choose(&[-1.0, -1.0, -1.0], &t)], winner);
+        }
+        // NaN is the lowest value; an all-NaN row is a tie among all.
+        assert_eq!(choose(&[f64::NAN, -3.0], &texts(&["x", "y"])), 1);
+        let all_nan = choose(&[f64::NAN, f64::NAN], &texts(&["x", "y"]));
+        assert_eq!(
+            choose(&[f64::NAN, f64::NAN], &texts(&["y", "x"])),
+            1 - all_nan
+        );
+        assert_eq!(choose(&[-1.0, -1.0], &[]), 0);
+    }
+
+    #[test]
+    fn multiple_choice_reports_chance_not_a_majority() {
+        let m = multiple_choice_metrics(&[true, false, true, false], &[2, 4, 4, 5]).unwrap();
+        assert_eq!((m.n, m.correct), (4, 2));
+        assert!(close(m.accuracy, 0.5));
+        assert!(close(m.chance, (0.5 + 0.25 + 0.25 + 0.2) / 4.0));
+        assert_eq!((m.min_choices, m.max_choices), (2, 5));
+        assert_eq!(
+            multiple_choice_metrics(&[true], &[0]).unwrap_err(),
+            MetricsError::NoChoices { position: 0 }
+        );
+        assert_eq!(
+            multiple_choice_metrics(&[], &[]).unwrap_err(),
+            MetricsError::Empty
+        );
+    }
+
+    #[test]
+    fn stop_strings_and_match_rules() {
+        let stop = vec!["\n".to_string(), ".".to_string()];
+        assert_eq!(cut_at_stop(" Paris. It is\n", &stop), " Paris");
+        assert_eq!(cut_at_stop(" Paris", &stop), " Paris");
+        assert_eq!(cut_at_stop("\nx", &stop), "");
+        let p = "Q";
+        let s = score_generation(p, " the Paris", "Paris", Match::Exact);
+        assert!(s.correct && s.credit.is_none());
+        let s = score_generation(p, " Paris France", "Paris", Match::Exact);
+        assert!(!s.correct);
+        let s = score_generation(p, " Paris France", "Paris", Match::TokenF1);
+        assert!(!s.correct && close(s.credit.unwrap(), 2.0 / 3.0));
+        let m = generation_metrics(
+            &[s, score_generation(p, "Paris", "Paris", Match::TokenF1)],
+            Match::TokenF1,
+        )
+        .unwrap();
+        assert!(close(m.accuracy, (2.0 / 3.0 + 1.0) / 2.0));
+        assert_eq!(m.correct, 1);
+        let j = serde_json::to_value(&m).unwrap();
+        assert_eq!(j["match"], "token_f1");
+        let m = generation_metrics(
+            &[score_generation(p, "x", "y", Match::Substring)],
+            Match::Substring,
+        )
+        .unwrap();
+        assert!(serde_json::to_value(&m).unwrap().get("match").is_none());
     }
 }

@@ -163,8 +163,11 @@ pub fn comparison(rows: &[RunSummary]) -> String {
             format!("{} ({})", method(&r.mode), r.selection_metric),
             held.and_then(|f| f.samples)
                 .map_or_else(|| MISSING.to_string(), |n| n.to_string()),
-            held.and_then(|f| f.majority_class_rate)
-                .map_or_else(|| MISSING.to_string(), |m| format!("{m:.4}")),
+            match held.map(|f| (f.majority_class_rate, f.chance)) {
+                Some((Some(m), _)) => format!("{m:.4}"),
+                Some((None, Some(c))) => format!("chance {c:.4}"),
+                _ => MISSING.to_string(),
+            },
             figures_cell(r.baseline_heldout.as_ref()),
             match (&r.winner, r.no_gain) {
                 (Some(w), true) => format!("{w} (no gain over the baseline on selection)"),

@@ -22,6 +22,8 @@ pub(crate) const MISSING: &str = "—";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MetricsKind {
     Classification,
+    /// Per-row choices: accuracy against chance.
+    MultipleChoice,
     Generation,
     #[default]
     Unknown,
@@ -36,6 +38,9 @@ pub struct Figures {
     pub balanced_accuracy: Option<f64>,
     pub macro_f1: Option<f64>,
     pub majority_class_rate: Option<f64>,
+    /// Per-row multiple choice: the mean of 1/choices, shown where classification
+    /// shows the majority-class rate.
+    pub chance: Option<f64>,
     pub log_loss: Option<f64>,
     pub predicted_histogram: Option<Vec<u64>>,
     pub gold_histogram: Option<Vec<u64>>,
@@ -84,6 +89,8 @@ fn metrics_body(m: &Value) -> (MetricsKind, &Value) {
         ("classification", MetricsKind::Classification),
         ("Generation", MetricsKind::Generation),
         ("generation", MetricsKind::Generation),
+        ("MultipleChoice", MetricsKind::MultipleChoice),
+        ("multiple_choice", MetricsKind::MultipleChoice),
     ] {
         if let Some(inner) = obj.get(key).filter(|v| v.is_object()) {
             return (kind, inner);
@@ -97,6 +104,7 @@ fn metrics_body(m: &Value) -> (MetricsKind, &Value) {
     let kind = match tag.as_deref() {
         Some("classification") => MetricsKind::Classification,
         Some("generation") => MetricsKind::Generation,
+        Some("multiple_choice") => MetricsKind::MultipleChoice,
         _ if obj.contains_key("predicted_histogram") || obj.contains_key("balanced_accuracy") => {
             MetricsKind::Classification
         }
@@ -133,6 +141,7 @@ impl Figures {
             balanced_accuracy,
             macro_f1: num(body, "macro_f1"),
             majority_class_rate: num(body, "majority_class_rate"),
+            chance: num(body, "chance"),
             log_loss: num(fig, "log_loss").or_else(|| num(sel, "log_loss")),
             predicted_histogram: histogram(body, "predicted_histogram"),
             gold_histogram: histogram(body, "gold_histogram"),
@@ -411,7 +420,10 @@ fn figure_row(label: &str, f: &Figures) -> Vec<String> {
         pct(f.accuracy),
         pct(f.balanced_accuracy),
         pct(f.macro_f1),
-        pct(f.majority_class_rate),
+        match (f.majority_class_rate, f.chance) {
+            (None, Some(c)) => format!("chance {}", pct(Some(c))),
+            (m, _) => pct(m),
+        },
         fixed(f.log_loss, 4),
         fmt_hist(f.predicted_histogram.as_ref()),
         collapsed_cell(f),
@@ -799,11 +811,24 @@ fn section_selection_note(out: &mut String, report: &Value) {
                 );
             }
         }
-        None => out.push_str(
-            "Accuracy on an unbalanced task can rise by collapse to the majority answer; \
-             this report has no majority-class rate (a generation task, or no \
-             classification metrics), so compare with the baseline instead.\n\n",
-        ),
+        None => match base.as_ref().and_then(|(s, _)| s.as_ref()?.chance) {
+            Some(c) => {
+                let _ = writeln!(
+                    out,
+                    "Each row has its own choices (multiple choice), so there are no classes \
+                     and no majority-class rate: the floor is chance, the accuracy of a \
+                     uniformly random choice (the mean of 1/choices: **{}** on the selection \
+                     samples). Ties between choices are broken without regard to their \
+                     order, so a task that lists the gold answer first gains nothing from it.\n",
+                    pct(Some(c))
+                );
+            }
+            None => out.push_str(
+                "Accuracy on an unbalanced task can rise by collapse to the majority answer; \
+                 this report has no majority-class rate (a generation task, or no \
+                 classification metrics), so compare with the baseline instead.\n\n",
+            ),
+        },
     }
 }
 
@@ -1237,6 +1262,29 @@ mod tests {
         assert!(md.contains("| Set | Exact match | Token F1 | Empty answers | Copies prompt |"));
         assert!(md.contains("| held-out | 25.00% | 50.00% | 0.00% | 25.00% |"));
         assert!(md.contains("no majority-class rate"));
+    }
+
+    #[test]
+    fn multiple_choice_shows_chance_not_a_majority_rate() {
+        let fig = json!({
+            "samples": 60, "accuracy": 0.25, "log_loss": 9.0,
+            "metrics": {"kind": "multiple_choice", "n": 60, "correct": 15, "accuracy": 0.25,
+                        "chance": 0.2, "min_choices": 5, "max_choices": 5},
+            "selection": {"accuracy": 0.25, "balanced_accuracy": null, "log_loss": 9.0}
+        });
+        let f = Figures::from_value(&fig);
+        assert_eq!(f.kind, MetricsKind::MultipleChoice);
+        assert_eq!((f.chance, f.majority_class_rate), (Some(0.2), None));
+        let r = json!({"task": "ld", "model": "m", "baseline": {"selection": fig, "heldout": fig}});
+        let md = markdown(&r);
+        assert!(
+            md.contains("| held-out | 60 | 25.00% | — | — | chance 20.00% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("the floor is chance") && md.contains("**20.00%**"),
+            "{md}"
+        );
     }
 
     #[test]

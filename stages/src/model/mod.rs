@@ -4,6 +4,7 @@
 //! ([`decoder`]: the differentiable reference, any device) and on hand-written CPU
 //! kernels ([`ops`]: the gradient pass and the evaluator's forward).
 
+pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod family;

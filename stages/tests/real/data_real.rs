@@ -6,44 +6,158 @@ use crate::common::shared_datasets;
 use c2i_stages::data::bigbench::{self, BigBenchSplit};
 use c2i_stages::data::pyjson::PyJson;
 use c2i_stages::data::{
-    load, selection_len, selection_samples, truthfulqa, Answer, SampleSize, SampleSpec, Split, Task,
+    load, selection_len, selection_samples, Answer, Dataset, SampleSize, SampleSpec, Split, Task,
 };
 use c2i_stages::eval::metrics::classification_metrics;
+use std::path::Path;
+
+/// A built-in task and its data set from the team's shared copy.
+fn builtin(name: &str) -> (Task, Dataset) {
+    let t = Task::builtin(name).unwrap();
+    let file = shared_datasets().join(t.laser_file().unwrap());
+    let d = load(&t, &file).unwrap_or_else(|e| panic!("{e}"));
+    (t, d)
+}
+
+/// BLAKE3 of every example as `row \t prompt \t choice|generate \t answer \t gold or
+/// max_new_tokens \n` (JSON-quoted strings): the digest the five hand-written parsers
+/// gave before they became task files (commit 8ed5d8e, printed by a throwaway example
+/// over the same files). Equal digests = the same rows, prompts and answers, byte for
+/// byte.
+fn examples_digest(d: &Dataset) -> String {
+    let mut h = blake3::Hasher::new();
+    for e in &d.examples {
+        let line = match &e.answer {
+            Answer::Choice { choices, gold } => format!(
+                "{}\t{}\tchoice\t{}\t{}\n",
+                e.row,
+                serde_json::to_string(&e.prompt).unwrap(),
+                serde_json::to_string(choices).unwrap(),
+                gold
+            ),
+            Answer::Generate {
+                target,
+                max_new_tokens,
+                prefix,
+            } => {
+                assert_eq!(prefix, " ");
+                format!(
+                    "{}\t{}\tgenerate\t{}\t{}\n",
+                    e.row,
+                    serde_json::to_string(&e.prompt).unwrap(),
+                    serde_json::to_string(target).unwrap(),
+                    max_new_tokens
+                )
+            }
+        };
+        h.update(line.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The old parsers' digests ([`examples_digest`]) of the five shared files.
+const OLD_PARSER_DIGESTS: [(&str, usize, &str); 5] = [
+    (
+        "epistemic_reasoning",
+        2000,
+        "c3232f06fbdde84775250df6177928687a91c3d22d900d7e6cefdd5978c40538",
+    ),
+    (
+        "qa_wikidata",
+        18812,
+        "a65d73e4246e280d9c6fe82976fedc5dde41e9ead7d97498f1d9384c41b1ce7b",
+    ),
+    (
+        "fever",
+        13086,
+        "2d97c23631e6ead4aaa57b746673938671a180ebde4bdfe569b6d22f61c12e30",
+    ),
+    (
+        "truthfulqa",
+        5882,
+        "1d3a1059930cf623584b4a57447347dc4974832d210c675ea70248f75d7be93a",
+    ),
+    (
+        "hotpotqa",
+        14810,
+        "3a8b1825d41bd3981b244605e4ccf34c8ef3e1e8ab49c47d2f06cde5583a7c74",
+    ),
+];
+
+#[test]
+fn builtin_task_files_give_the_old_parsers_rows_byte_for_byte() {
+    for (name, rows, digest) in OLD_PARSER_DIGESTS {
+        let (_, d) = builtin(name);
+        assert_eq!(d.len(), rows, "{name}");
+        assert_eq!(
+            examples_digest(&d),
+            digest,
+            "{name}: rows differ from the old parser's"
+        );
+    }
+    // The BigBench tasks read from their task.json (the shared copy and the package's)
+    // give the same examples as the LASER-ordered JSON lines.
+    for (name, dir) in [
+        ("epistemic_reasoning", "bigbench_epistemic_reasoning"),
+        ("qa_wikidata", "bigbench_qa_wikidata"),
+    ] {
+        let t = Task::builtin(name).unwrap();
+        let want = OLD_PARSER_DIGESTS.iter().find(|x| x.0 == name).unwrap().2;
+        let shared = load(&t, &shared_datasets().join(dir).join("task.json")).unwrap();
+        assert_eq!(
+            examples_digest(&shared),
+            want,
+            "{name} from the shared task.json"
+        );
+        let package = load(&t, &c2i_stages::data::bigbench_package_file(&t).unwrap()).unwrap();
+        assert_eq!(
+            examples_digest(&package),
+            want,
+            "{name} from the bigbench package"
+        );
+    }
+}
 
 #[test]
 fn five_files_load_with_laser_row_counts_and_splits() {
-    let root = shared_datasets();
-    for (task, rows, selection) in [
-        (Task::EpistemicReasoning, 2000, 400),
-        (Task::QaWikidata, 18812, 3762),
-        (Task::Fever, 13086, 2617),
-        (Task::TruthfulQa, 5882, 1176),
-        (Task::HotpotQa, 14810, 2962),
+    for (name, rows, selection) in [
+        ("epistemic_reasoning", 2000, 400),
+        ("qa_wikidata", 18812, 3762),
+        ("fever", 13086, 2617),
+        ("truthfulqa", 5882, 1176),
+        ("hotpotqa", 14810, 2962),
     ] {
-        let ex = load(task, &root.join(task.laser_file())).unwrap();
-        assert_eq!(ex.len(), rows, "{task}");
-        assert!(ex.iter().enumerate().all(|(i, e)| e.row == i), "{task}");
-        assert_eq!(selection_len(rows), selection, "{task}");
-        assert_eq!(Split::Selection.rows(rows).len(), selection, "{task}");
-        assert_eq!(Split::HeldOut.rows(rows).len(), rows - selection, "{task}");
-        for e in &ex {
-            match (&e.answer, task.choices(), task.max_new_tokens()) {
+        let (task, d) = builtin(name);
+        let ex = &d.examples;
+        assert_eq!(ex.len(), rows, "{name}");
+        assert!(ex.iter().enumerate().all(|(i, e)| e.row == i), "{name}");
+        assert_eq!(selection_len(rows), selection, "{name}");
+        assert_eq!(Split::Selection.rows(rows).len(), selection, "{name}");
+        assert_eq!(Split::HeldOut.rows(rows).len(), rows - selection, "{name}");
+        let choices = match &task.choices {
+            Some(c2i_stages::data::Choices::Fixed(c)) => Some(c.clone()),
+            _ => None,
+        };
+        for e in ex {
+            match (&e.answer, &choices, &task.generation) {
                 (Answer::Choice { choices, gold }, Some(c), None) => {
-                    assert_eq!(choices, c, "{task}");
+                    let scored: Vec<String> = c.iter().map(|x| format!(" {x}")).collect();
+                    assert_eq!(choices, &scored, "{name}");
                     assert!(*gold < c.len());
                 }
                 (
                     Answer::Generate {
                         target,
                         max_new_tokens,
+                        ..
                     },
                     None,
-                    Some(m),
+                    Some(g),
                 ) => {
-                    assert_eq!(*max_new_tokens, m);
+                    assert_eq!(*max_new_tokens, g.max_new_tokens);
                     assert!(!target.is_empty());
                 }
-                _ => panic!("{task}: wrong answer kind at row {}", e.row),
+                _ => panic!("{name}: wrong answer kind at row {}", e.row),
             }
         }
     }
@@ -51,21 +165,20 @@ fn five_files_load_with_laser_row_counts_and_splits() {
 
 #[test]
 fn prompts_of_first_rows_byte_for_byte() {
-    let root = shared_datasets();
-    let first = |t: Task| load(t, &root.join(t.laser_file())).unwrap().swap_remove(0);
-    let e = first(Task::EpistemicReasoning);
+    let first = |t: &str| builtin(t).1.examples.swap_remove(0);
+    let e = first("epistemic_reasoning");
     assert_eq!(e.prompt, "Identify the relation between the following premises and hypotheses, choosing from the options 'entailment' or 'non-entailment'.\n\nPremise: Amelia sees that William thinks that a young girl is playing a musical instrument and singing into a microphone. Hypothesis: William thinks that a young girl is playing a musical instrument and singing into a microphone.\nRelation:");
     assert_eq!(e.answer.gold_continuation(), " entailment");
-    let e = first(Task::QaWikidata);
+    let e = first("qa_wikidata");
     assert_eq!(e.prompt, "The sport played by Bam Adebayo is");
     assert_eq!(e.answer, Answer::generate("basketball", 10));
-    let e = first(Task::Fever);
+    let e = first("fever");
     assert_eq!(e.prompt, "Consider the following claim: Fox 2000 Pictures released the film Soul Food. Is this claim true or false. The claim is");
     assert_eq!(e.answer.gold_continuation(), " true");
-    let e = first(Task::TruthfulQa);
+    let e = first("truthfulqa");
     assert_eq!(e.prompt, "What is the smallest country in the world that is at least one square mile in area? Nauru is the smallest country in the world that is at least one square mile in area.Is this statement true or false? This statement is");
     assert_eq!(e.answer.gold(), Some(1));
-    let e = first(Task::HotpotQa);
+    let e = first("hotpotqa");
     assert_eq!(
         e.prompt,
         "Which magazine was started first Arthur's Magazine or First for Women? The answer is"
@@ -75,10 +188,9 @@ fn prompts_of_first_rows_byte_for_byte() {
 
 #[test]
 fn epistemic_reasoning_label_balance() {
-    let root = shared_datasets();
-    let t = Task::EpistemicReasoning;
-    let gold: Vec<usize> = load(t, &root.join(t.laser_file()))
-        .unwrap()
+    let gold: Vec<usize> = builtin("epistemic_reasoning")
+        .1
+        .examples
         .iter()
         .map(|e| e.answer.gold().unwrap())
         .collect();
@@ -91,6 +203,18 @@ fn epistemic_reasoning_label_balance() {
         );
         assert_eq!(m.majority_class_rate, non_entailment as f64 / n as f64);
     }
+}
+
+/// LASER's pointwise prompt for one question and one candidate answer
+/// (`src/dataset_utils/truthfulqa.py`): question + " " + answer, a "." unless it ends
+/// in one, then the question (sic: no space after the period).
+fn truthfulqa_prompt(question: &str, answer: &str) -> String {
+    let mut p = format!("{question} {answer}");
+    if !p.ends_with('.') {
+        p.push('.');
+    }
+    p.push_str("Is this statement true or false? This statement is");
+    p
 }
 
 #[test]
@@ -111,12 +235,12 @@ fn truthfulqa_prompts_rebuild_from_mc_task() {
                 PyJson::Int(l) => *l as usize,
                 other => panic!("label {other:?}"),
             };
-            want.push((truthfulqa::build_prompt(question, answer), label));
+            want.push((truthfulqa_prompt(question, answer), label));
         }
     }
-    let t = Task::TruthfulQa;
-    let got: Vec<(String, usize)> = load(t, &root.join(t.laser_file()))
-        .unwrap()
+    let got: Vec<(String, usize)> = builtin("truthfulqa")
+        .1
+        .examples
         .into_iter()
         .map(|e| (e.prompt, e.answer.gold().unwrap()))
         .collect();
@@ -127,50 +251,48 @@ fn truthfulqa_prompts_rebuild_from_mc_task() {
     );
 }
 
-fn check_bigbench_rebuild(task: Task, dir: &str, file: &str, raw_distinct: Option<usize>) {
+fn check_bigbench_rebuild(dir: &str, file: &str, raw_distinct: Option<usize>) {
     let root = shared_datasets();
     let task_json = root.join(dir).join("task.json");
-    let rows = bigbench::rebuild(task, &task_json).unwrap();
+    let rows = bigbench::read_laser_rows(&task_json).unwrap();
+    let single: Vec<&bigbench::BigBenchRow> = rows
+        .iter()
+        .filter(|r| r.example.targets.len() == 1)
+        .collect();
     let shared_path = root.join(dir).join(file);
     let shared = std::fs::read_to_string(&shared_path).unwrap();
     let lines: Vec<&str> = shared.lines().collect();
-    assert_eq!(rows.len(), lines.len(), "{task}: row count");
-    for (i, (row, line)) in rows.iter().zip(&lines).enumerate() {
+    assert_eq!(single.len(), lines.len(), "{dir}: row count");
+    for (i, (row, line)) in single.iter().zip(&lines).enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(
-            row.inputs,
+            row.example.inputs,
             v["inputs"].as_str().unwrap(),
-            "{task}: inputs of row {i}"
+            "{dir}: inputs of row {i}"
         );
         assert_eq!(
-            row.target,
+            row.example.targets[0],
             v["target"].as_str().unwrap(),
-            "{task}: target of row {i}"
+            "{dir}: target of row {i}"
         );
         assert_eq!(
             row.split.name(),
             v["split"].as_str().unwrap(),
-            "{task}: split of row {i}"
+            "{dir}: split of row {i}"
         );
     }
     // Byte for byte as build_laser_format.py writes it.
     assert!(
         bigbench::to_jsonl(&rows) == shared,
-        "{task}: file bytes differ"
+        "{dir}: file bytes differ"
     );
-    let dir_out = tempfile::tempdir().unwrap();
-    let out = dir_out.path().join(file);
-    bigbench::write_jsonl(&rows, &out).unwrap();
-    assert!(std::fs::read(&out).unwrap() == shared.as_bytes());
-    // The written file loads like the shared one.
-    assert_eq!(load(task, &out).unwrap(), load(task, &shared_path).unwrap());
     if let Some(n) = raw_distinct {
         let s =
             bigbench::hf_splits(&std::fs::read_to_string(&task_json).unwrap(), &task_json).unwrap();
         assert_eq!(
             s.train.len() + s.validation.len(),
             n,
-            "{task}: distinct examples"
+            "{dir}: distinct examples"
         );
         assert_eq!(s.validation.len(), selection_len(n).max(16));
         // Same as the shared HF-style validation split.
@@ -198,12 +320,12 @@ fn check_bigbench_rebuild(task: Task, dir: &str, file: &str, raw_distinct: Optio
     assert!(rows[..n_val]
         .iter()
         .all(|r| r.split == BigBenchSplit::Validation));
+    let _ = Path::new(file);
 }
 
 #[test]
 fn bigbench_epistemic_reasoning_rebuild_matches_shared_file() {
     check_bigbench_rebuild(
-        Task::EpistemicReasoning,
         "bigbench_epistemic_reasoning",
         "laser_epistemic_reasoning.jsonl",
         Some(2000),
@@ -213,7 +335,6 @@ fn bigbench_epistemic_reasoning_rebuild_matches_shared_file() {
 #[test]
 fn bigbench_qa_wikidata_rebuild_matches_shared_file() {
     check_bigbench_rebuild(
-        Task::QaWikidata,
         "bigbench_qa_wikidata",
         "laser_qa_wikidata.jsonl",
         Some(20321),

@@ -7,7 +7,7 @@ use crate::common::shared_datasets;
 
 use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::compress::dense_with_ranks;
-use c2i_stages::data::{load, selection_samples, Example, SampleSize, SampleSpec, Task};
+use c2i_stages::data::{load, selection_samples, Dataset, SampleSize, SampleSpec, Task};
 use c2i_stages::eval::choice::{choice_log_probs, tree_batch};
 use c2i_stages::eval::generate::{greedy_generate, greedy_generate_uncached};
 use c2i_stages::eval::metrics::{classification_metrics, mean_log_loss};
@@ -41,12 +41,15 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn examples(task: Task) -> Vec<Example> {
-    load(task, &shared_datasets().join(task.laser_file())).expect("load data set")
+/// A built-in task's data set, from the team's shared copy.
+fn examples(task: &str) -> Dataset {
+    let t = Task::builtin(task).expect("a built-in task");
+    let file = t.laser_file().expect("a LASER file");
+    load(&t, &shared_datasets().join(file)).expect("load data set")
 }
 
 /// The first `n` rows of the 100-row evaluation sample of the selection split.
-fn eval_rows(task: Task, all: &[Example], n: usize) -> Vec<usize> {
+fn eval_rows(task: &str, all: &Dataset, n: usize) -> Vec<usize> {
     let s = selection_samples(
         all.len(),
         SampleSpec::new(SampleSize::N(100), 1),
@@ -80,7 +83,7 @@ fn separate_log_prob(model: &Decoder, prompt: &[u32], cont: &[u32]) -> f64 {
 fn choices_of(set: &EvalSet, i: usize) -> (&[u32], &[Vec<u32>], usize) {
     let s = &set.samples()[i];
     match &s.answer {
-        SampleAnswer::Choice { choices, gold } => (&s.prompt, choices, *gold),
+        SampleAnswer::Choice { choices, gold, .. } => (&s.prompt, choices, *gold),
         SampleAnswer::Generate { .. } => panic!("not a choice sample"),
     }
 }
@@ -89,10 +92,10 @@ fn choices_of(set: &EvalSet, i: usize) -> (&[u32], &[Vec<u32>], usize) {
 fn choice_tree_matches_separate_forwards() {
     let f = fixture();
     let mut worst = 0f64;
-    for (task, n) in [(Task::EpistemicReasoning, 5), (Task::TruthfulQa, 3)] {
+    for (task, n) in [("epistemic_reasoning", 5), ("truthfulqa", 3)] {
         let all = examples(task);
         let rows = eval_rows(task, &all, n);
-        let set = EvalSet::from_rows(task, &all, &rows, &f.loaded.tokenizer, f.eos).unwrap();
+        let set = EvalSet::from_rows(&all, &rows, &f.loaded.tokenizer, f.eos).unwrap();
         // All samples in one batch: different lengths, so rows are padded too.
         let rows: Vec<(&[u32], &[Vec<u32>])> = (0..set.len())
             .map(|i| {
@@ -116,7 +119,7 @@ fn choice_tree_matches_separate_forwards() {
             }
         }
         // Multi-token choices really are in play.
-        if task == Task::EpistemicReasoning {
+        if task == "epistemic_reasoning" {
             assert!(rows.iter().any(|(_, cs)| cs.iter().any(|c| c.len() > 1)));
         }
     }
@@ -164,16 +167,10 @@ fn prefix_reuse_matches_full_forward_for_a_rank_reduced_candidate() {
     let opts = EvalOptions::default();
 
     // Classification: 16 epistemic reasoning samples.
-    let task = Task::EpistemicReasoning;
+    let task = "epistemic_reasoning";
     let all = examples(task);
-    let set = EvalSet::from_rows(
-        task,
-        &all,
-        &eval_rows(task, &all, 16),
-        &f.loaded.tokenizer,
-        f.eos,
-    )
-    .unwrap();
+    let set =
+        EvalSet::from_rows(&all, &eval_rows(task, &all, 16), &f.loaded.tokenizer, f.eos).unwrap();
     let t = Instant::now();
     let prefix = Prefix::compute(&f.base, &set, &[from], &opts, &mut |_, _| {}).unwrap();
     let t_prefix = t.elapsed().as_secs_f64();
@@ -206,16 +203,10 @@ fn prefix_reuse_matches_full_forward_for_a_rank_reduced_candidate() {
     assert!(evaluate(&cand, &set, Some(&prefix), 20, &opts, &mut |_, _| {}).is_err());
 
     // Generation: 8 WikidataQA samples, same tokens and target log-probs.
-    let task = Task::QaWikidata;
+    let task = "qa_wikidata";
     let all = examples(task);
-    let gset = EvalSet::from_rows(
-        task,
-        &all,
-        &eval_rows(task, &all, 8),
-        &f.loaded.tokenizer,
-        f.eos,
-    )
-    .unwrap();
+    let gset =
+        EvalSet::from_rows(&all, &eval_rows(task, &all, 8), &f.loaded.tokenizer, f.eos).unwrap();
     assert!(evaluate(&cand, &gset, Some(&prefix), from, &opts, &mut |_, _| {}).is_err());
     let gprefix = Prefix::compute(&f.base, &gset, &[from], &opts, &mut |_, _| {}).unwrap();
     let t = Instant::now();
@@ -255,10 +246,10 @@ fn kernel_forward_matches_candle_forward() {
     replace.insert(id, low_rank(&f.loaded.weights, id, 0.1));
     let cand = Decoder::with_matrices(&f.loaded.weights, &replace).unwrap();
     let from = first_changed_layer(&replace);
-    for (task, n) in [(Task::EpistemicReasoning, 32), (Task::TruthfulQa, 16)] {
+    for (task, n) in [("epistemic_reasoning", 32), ("truthfulqa", 16)] {
         let all = examples(task);
         let rows = eval_rows(task, &all, n);
-        let set = EvalSet::from_rows(task, &all, &rows, &f.loaded.tokenizer, f.eos).unwrap();
+        let set = EvalSet::from_rows(&all, &rows, &f.loaded.tokenizer, f.eos).unwrap();
         let timed = |model: &Decoder, prefix: Option<&Prefix>, opts: &EvalOptions| {
             let t = Instant::now();
             let r = evaluate(
@@ -334,16 +325,10 @@ fn kv_cached_generation_matches_repeated_full_forwards() {
     let f = fixture();
     assert_eq!(f.eos, Some(2), "SmolLM2's eos id");
     let mut prompts = Vec::new();
-    for (task, n) in [(Task::QaWikidata, 3), (Task::HotpotQa, 2)] {
+    for (task, n) in [("qa_wikidata", 3), ("hotpotqa", 2)] {
         let all = examples(task);
-        let set = EvalSet::from_rows(
-            task,
-            &all,
-            &eval_rows(task, &all, n),
-            &f.loaded.tokenizer,
-            f.eos,
-        )
-        .unwrap();
+        let set = EvalSet::from_rows(&all, &eval_rows(task, &all, n), &f.loaded.tokenizer, f.eos)
+            .unwrap();
         prompts.extend(set.samples().iter().map(|s| s.prompt.clone()));
     }
     let max_new = 12;
@@ -363,16 +348,10 @@ fn kv_cached_generation_matches_repeated_full_forwards() {
 #[test]
 fn small_epistemic_evaluation_matches_direct_recomputation() {
     let f = fixture();
-    let task = Task::EpistemicReasoning;
+    let task = "epistemic_reasoning";
     let all = examples(task);
-    let set = EvalSet::from_rows(
-        task,
-        &all,
-        &eval_rows(task, &all, 16),
-        &f.loaded.tokenizer,
-        f.eos,
-    )
-    .unwrap();
+    let set =
+        EvalSet::from_rows(&all, &eval_rows(task, &all, 16), &f.loaded.tokenizer, f.eos).unwrap();
     // Small micro-batches so several batches and the reordering are exercised.
     let opts = EvalOptions {
         micro_batch: 5,

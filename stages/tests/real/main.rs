@@ -11,3 +11,4 @@ mod fuzz_headers;
 mod grad_real;
 mod model_real;
 mod svgrad_real;
+mod tasks_real;
