@@ -40,6 +40,8 @@ enum Command {
     Cache(commands::cache::Args),
     /// Several runs' reports side by side: held-out figures, search cost, speedup.
     Compare(commands::compare::Args),
+    /// Compute stage instances from their keys (what the pool and slurm executors run).
+    Worker(commands::worker::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,15 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         json: cli.json,
     };
+    if let Command::Worker(a) = cli.command {
+        return match commands::worker::run(a, &out) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.command {
         Command::Fetch(a) => commands::fetch::run(a, &out),
         Command::ExportGrads(a) => commands::export_grads::run(a, &out),
@@ -66,6 +77,7 @@ fn main() -> ExitCode {
         Command::Status(a) => commands::pipeline::status(a, &out),
         Command::Cache(a) => commands::cache::run(a, &out),
         Command::Compare(a) => commands::compare::run(a, &out),
+        Command::Worker(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -135,6 +135,33 @@ pub enum CacheError {
         reason: String,
     },
 
+    /// A directory that is not a c2i cache was given where one was expected.
+    #[error("{path} is not a c2i cache ({reason}); refusing to use it (point --cache at a c2i cache directory, or at a new or empty one)")]
+    NotACache {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+
+    /// A file or object larger than what may be read.
+    #[error("{path} has more than {limit} bytes, the most that is read for it")]
+    TooLarge {
+        /// The file or object.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// A signing key could not be made, read or used.
+    #[error("signing key {what}: {reason}")]
+    Signing {
+        /// The key file (or what was being made).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A remote backend failed.
     #[error("remote {backend}: cannot {op}: {reason}")]
     Remote {

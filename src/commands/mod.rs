@@ -5,6 +5,7 @@ pub mod compare;
 pub mod export_grads;
 pub mod fetch;
 pub mod pipeline;
+pub mod worker;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

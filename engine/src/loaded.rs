@@ -1,0 +1,141 @@
+//! What a process keeps in memory between the stage instances it computes: the loaded
+//! model, the data rows, the evaluation sets and their layer prefixes. Every table is
+//! typed and keyed by content digests (the same digests the action keys use), so two
+//! actions share a loaded resource exactly when they read the same bytes, and nothing
+//! here can make a result depend on which actions ran before in the process.
+//!
+//! A table's lock is held while a missing value is made, so actions running at the same
+//! time (the local executor runs independent factor actions in parallel) load a model
+//! once, not once each.
+
+use crate::EngineError;
+use c2i_cache::Digest;
+use c2i_stages::data::{Example, Task};
+use c2i_stages::eval::evaluator::EvalSet;
+use c2i_stages::eval::prefix::Prefix;
+use c2i_stages::model::{Llama, LoadedModel};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+/// One typed table.
+struct Table<K, V> {
+    map: Mutex<HashMap<K, Arc<V>>>,
+}
+
+impl<K: Eq + Hash + Clone, V> Table<K, V> {
+    fn new() -> Self {
+        Table {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get_or(
+        &self,
+        key: &K,
+        make: impl FnOnce() -> Result<V, EngineError>,
+    ) -> Result<Arc<V>, EngineError> {
+        let mut m = self.map.lock().map_err(|_| EngineError::Poisoned)?;
+        if let Some(v) = m.get(key) {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(make()?);
+        m.insert(key.clone(), v.clone());
+        Ok(v)
+    }
+}
+
+/// Which evaluation set: the model (its tokenizer), the data file, the task, the rows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EvalSetId {
+    pub model: Digest,
+    pub data: Digest,
+    pub task: Task,
+    /// BLAKE3 of the row list.
+    pub rows: Digest,
+}
+
+impl EvalSetId {
+    pub fn new(model: Digest, data: Digest, task: Task, rows: &[usize]) -> EvalSetId {
+        let mut h = blake3::Hasher::new();
+        for r in rows {
+            h.update(&(*r as u64).to_le_bytes());
+        }
+        EvalSetId {
+            model,
+            data,
+            task,
+            rows: Digest::from(h.finalize()),
+        }
+    }
+}
+
+/// The in-memory resources of a process.
+pub struct Loaded {
+    models: Table<Digest, LoadedModel>,
+    llamas: Table<Digest, Llama>,
+    examples: Table<(Task, Digest), Vec<Example>>,
+    eval_sets: Table<EvalSetId, EvalSet>,
+    prefixes: Table<(EvalSetId, Vec<usize>), Prefix>,
+}
+
+impl Default for Loaded {
+    fn default() -> Self {
+        Loaded {
+            models: Table::new(),
+            llamas: Table::new(),
+            examples: Table::new(),
+            eval_sets: Table::new(),
+            prefixes: Table::new(),
+        }
+    }
+}
+
+impl Loaded {
+    /// The model whose file has `digest` (`make` loads it).
+    pub fn model(
+        &self,
+        digest: &Digest,
+        make: impl FnOnce() -> Result<LoadedModel, EngineError>,
+    ) -> Result<Arc<LoadedModel>, EngineError> {
+        self.models.get_or(digest, make)
+    }
+
+    /// The base model's layers, ready to run.
+    pub fn llama(
+        &self,
+        digest: &Digest,
+        make: impl FnOnce() -> Result<Llama, EngineError>,
+    ) -> Result<Arc<Llama>, EngineError> {
+        self.llamas.get_or(digest, make)
+    }
+
+    /// The rows of a data file read as `task`.
+    pub fn examples(
+        &self,
+        task: Task,
+        digest: &Digest,
+        make: impl FnOnce() -> Result<Vec<Example>, EngineError>,
+    ) -> Result<Arc<Vec<Example>>, EngineError> {
+        self.examples.get_or(&(task, *digest), make)
+    }
+
+    /// An evaluation set (tokenized prompts and answers).
+    pub fn eval_set(
+        &self,
+        id: &EvalSetId,
+        make: impl FnOnce() -> Result<EvalSet, EngineError>,
+    ) -> Result<Arc<EvalSet>, EngineError> {
+        self.eval_sets.get_or(id, make)
+    }
+
+    /// The base model's hidden states at the input of `layers`, on a set.
+    pub fn prefix(
+        &self,
+        id: &EvalSetId,
+        layers: &[usize],
+        make: impl FnOnce() -> Result<Prefix, EngineError>,
+    ) -> Result<Arc<Prefix>, EngineError> {
+        self.prefixes.get_or(&(id.clone(), layers.to_vec()), make)
+    }
+}
