@@ -54,6 +54,16 @@ pub enum CacheError {
         actual: u64,
     },
 
+    /// A downloaded blob ran past the size its entry declares; the download was cut
+    /// off there.
+    #[error("blob {path} has more than the {expected} bytes its entry declares; the download was cut off there")]
+    BlobTooLong {
+        /// The remote object.
+        path: PathBuf,
+        /// The size the entry names.
+        expected: u64,
+    },
+
     /// A blob that was asked for is not in the store.
     #[error("blob {digest} is not in the store (expected at {path})")]
     MissingBlob {
@@ -192,6 +202,7 @@ impl CacheError {
             self,
             CacheError::CorruptBlob { .. }
                 | CacheError::BlobSize { .. }
+                | CacheError::BlobTooLong { .. }
                 | CacheError::CorruptEntry { .. }
         )
     }

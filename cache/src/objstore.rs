@@ -224,7 +224,11 @@ impl ObjectStoreRemote {
             op: "open".into(),
             reason,
         };
+        // Few helper threads: each costs a thread stack and a malloc arena of address
+        // space, and c2i blocks on one request at a time anyway (the remote must work
+        // under a 1 GiB address-space limit).
         let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(2)
             .enable_all()
             .build()
             .map_err(|e| err(format!("cannot start an async runtime: {e}")))?;

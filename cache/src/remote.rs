@@ -286,10 +286,9 @@ impl Store {
         };
         let found = remote.download(ObjectKind::Blob, id, &mut w);
         if w.exceeded {
-            return Err(CacheError::BlobSize {
+            return Err(CacheError::BlobTooLong {
                 path: bpath,
                 expected: blob.size,
-                actual: w.written + 1,
             });
         }
         if !found? {
@@ -465,10 +464,9 @@ impl Store {
             };
             let found = remote.download(ObjectKind::Blob, id, &mut w);
             if w.exceeded {
-                return Err(CacheError::BlobSize {
+                return Err(CacheError::BlobTooLong {
                     path: bpath,
                     expected: blob.size,
-                    actual: w.written + 1,
                 });
             }
             if !found? {

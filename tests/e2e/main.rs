@@ -7,3 +7,4 @@ mod export_model;
 mod faults;
 mod remote_cache;
 mod support;
+mod trust;

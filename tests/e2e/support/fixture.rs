@@ -232,3 +232,31 @@ pub fn reference() -> &'static Reference {
         }
     })
 }
+
+/// A copy of a store's tree made of hard links: cheap, and safe because a store never
+/// changes a file in place (blobs are immutable, entries and the stat cache are
+/// replaced by rename). Never use it for a test that damages files in place.
+pub fn link_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            link_dir(&e.path(), &dest);
+        } else {
+            std::fs::hard_link(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// The key of the stage instance `instance` of `stage` in a run.json.
+pub fn key_of(run: &Value, stage: &str, instance: &str) -> String {
+    run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["stage"] == stage && r["instance"] == instance)
+        .and_then(|r| r["key"].as_str())
+        .unwrap_or_else(|| panic!("no {stage} {instance} in {run}"))
+        .to_string()
+}
