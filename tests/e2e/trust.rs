@@ -108,6 +108,7 @@ fn forged_entries_are_untrusted_and_a_reader_that_does_not_push_writes_nothing()
         &tmp.path().join("p"),
         &fixture::text(&format!("remote = \"{}\"", remote.display()), ""),
     );
+    let untouched = snapshot(&remote);
     // Without trusted keys (today's behaviour) the forgery is pulled and wins.
     ok(
         run(
@@ -118,6 +119,13 @@ fn forged_entries_are_untrusted_and_a_reader_that_does_not_push_writes_nothing()
         "unauthenticated reader",
     );
     let plain = tiny::read_report(&p);
+    // push = false: this reader computed the forged winner's held-out evaluation,
+    // which the remote lacks, and wrote nothing there.
+    assert_eq!(
+        snapshot(&remote),
+        untouched,
+        "a --no-push reader wrote to the remote"
+    );
     assert_eq!(
         plain["best"]["selection"]["accuracy"], 1.0,
         "{}",
@@ -265,6 +273,23 @@ fn a_poisoned_upstream_removed_from_the_remote_leaves_nothing_a_clean_run_would_
     forge(&remote, &target, |_, _, outs| {
         outs.insert("factors".into(), other_blob);
     });
+    // Planted before anyone computed what depends on it: the entries downstream of
+    // those factors (their sv-grads, the evaluations of their candidates) are not on
+    // the remote yet.
+    for s in rj["stages"].as_array().unwrap() {
+        let inst = s["instance"].as_str().unwrap();
+        let downstream = (s["stage"] == "sv-grads"
+            && inst == "model.layers.29.mlp.up_proj.weight K=2")
+            || (s["stage"] == "evaluate"
+                && inst.starts_with("model.layers.29.mlp.up_proj.weight K=2 keep="));
+        if downstream {
+            let key = Key::from_hex(s["key"].as_str().unwrap()).unwrap();
+            std::fs::remove_file(
+                remote.join(c2i_cache::object_name(ObjectKind::Action, key.as_bytes())),
+            )
+            .unwrap();
+        }
+    }
 
     // A victim without trusted keys uses it and pushes what it computed from it.
     let p = write(
