@@ -1,5 +1,7 @@
 //! Export of the adapted model: a Hugging Face directory (model.safetensors with the
-//! replaced matrix dense, config.json, tokenizer.json) loadable by candle and by
+//! replaced matrix dense, in the family's own tensor names and layout and in the
+//! dtype `output.dtype` asks for; config.json naming the family's `model_type` and
+//! architecture; tokenizer.json and tokenizer_config.json) loadable by candle and by
 //! transformers, and on request the factored form of the replaced matrix (U·S and Vᵀ
 //! per block) that is actually smaller.
 //!
@@ -12,12 +14,14 @@
 use crate::ctx::Ctx;
 use crate::runner::{write_atomic, Inputs};
 use crate::stages::evaluate::Candidate;
-use crate::stages::{END_OF_TURN, START_OF_TURN};
 use crate::EngineError;
 use c2i_cache::ActionEntry;
 use c2i_stages::compress::{dense_candidate, factored_candidate};
 use c2i_stages::factor::from_safetensors;
-use c2i_stages::model::weights::save_safetensors;
+use c2i_stages::model::family::{hf_config, SpecialIds};
+use c2i_stages::model::tokenizer::SpecialTokens;
+use c2i_stages::model::weights::{save_safetensors, SaveDType};
+use c2i_stages::model::ModelConfig;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -78,26 +82,34 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     }
 }
 
-/// `config.json` and `tokenizer_config.json` for a Hugging Face loader: the chat
-/// tokens of the evaluation ([`START_OF_TURN`], [`END_OF_TURN`]) are named where the tokenizer has them (`id_of`), so `generate` stops at the
-/// end of a turn as it does in the evaluation.
+/// `config.json` and `tokenizer_config.json` for a Hugging Face loader: the family's
+/// config, and the special tokens the model file names (`name_of` gives a token's
+/// text). The end-of-sequence token written is the one the evaluation stops at
+/// ([`SpecialTokens::stop`]), so `generate` stops where the evaluation did.
 fn hf_configs(
-    config: &c2i_stages::model::LlamaConfig,
-    id_of: impl Fn(&str) -> Option<u32>,
+    config: &ModelConfig,
+    special: &SpecialTokens,
+    name_of: impl Fn(u32) -> Option<String>,
+    dtype: SaveDType,
 ) -> (serde_json::Value, serde_json::Value) {
-    let mut cfg = config.to_hf_config();
-    let mut tok = serde_json::json!({ "model_max_length": config.max_position_embeddings });
-    for (field, text) in [
-        ("bos", START_OF_TURN),
-        ("eos", END_OF_TURN),
-        ("pad", END_OF_TURN),
-    ] {
-        if let Some(id) = id_of(text) {
-            if field != "pad" {
-                cfg[format!("{field}_token_id")] = id.into();
-            }
+    let ids = SpecialIds {
+        bos: special.bos,
+        eos: special.stop(),
+        pad: special.pad,
+    };
+    let cfg = hf_config(config, ids, dtype.torch_name());
+    let mut tok = serde_json::json!({
+        "model_max_length": config.max_position_embeddings,
+        "add_bos_token": special.add_bos,
+        "add_eos_token": false,
+    });
+    for (field, id) in [("bos", ids.bos), ("eos", ids.eos), ("pad", ids.pad)] {
+        if let Some(text) = id.and_then(&name_of) {
             tok[format!("{field}_token")] = text.into();
         }
+    }
+    if let Some(t) = &special.chat_template {
+        tok["chat_template"] = t.clone().into();
     }
     (cfg, tok)
 }
@@ -114,12 +126,16 @@ pub fn export(
     dir: &Path,
     dense: bool,
     factored: bool,
+    dtype: SaveDType,
     rehash: bool,
 ) -> Result<ExportInfo, EngineError> {
     let model_digest = inp.model.digest();
     let stamp_core = serde_json::json!({
-        // 3: the stamp lists the digest of every file it vouches for.
-        "layout": 3,
+        // 2: config.json names the special tokens, and tokenizer_config.json is written.
+        // 3: the family's own names, layout, config.json and special tokens; a dtype.
+        // 4: the stamp lists the digest of every file it vouches for.
+        "layout": 4,
+        "dtype": dtype,
         "model": model_digest.to_hex(),
         "matrix": best.matrix.hf_name(),
         "factors": factors.outputs.get("factors").map(|b| b.digest.to_hex()),
@@ -184,15 +200,15 @@ pub fn export(
                     ("c2i_blocks".to_string(), best.blocks.to_string()),
                     ("c2i_keep".to_string(), best.keep().to_string()),
                 ]);
-                let mut tensors = adapted.tensors.clone();
-                if adapted.config.tie_word_embeddings {
-                    tensors.remove("lm_head.weight");
-                }
                 // Written to a temporary name and renamed into place.
-                save_safetensors(&tensors, &meta, &st)?;
+                adapted.save_safetensors(&st, &meta, dtype)?;
                 crash_point("export-after-model");
-                let (config, tokenizer_config) =
-                    hf_configs(&adapted.config, |t| loaded.tokenizer.token_to_id(t));
+                let (config, tokenizer_config) = hf_configs(
+                    &adapted.config,
+                    &loaded.special,
+                    |id| loaded.tokenizer.id_to_token(id),
+                    dtype,
+                );
                 let cfg = model_dir.join("config.json");
                 write_atomic(&cfg, &serde_json::to_vec_pretty(&config)?)?;
                 let tcfg = model_dir.join("tokenizer_config.json");
@@ -267,41 +283,60 @@ pub fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use c2i_stages::model::LlamaConfig;
+    use c2i_stages::model::family::config_from_hf;
 
-    fn config() -> LlamaConfig {
-        LlamaConfig {
-            vocab_size: 10,
-            hidden_size: 8,
-            intermediate_size: 16,
-            num_hidden_layers: 2,
-            num_attention_heads: 2,
-            num_key_value_heads: 1,
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-5,
-            tie_word_embeddings: true,
-            max_position_embeddings: 64,
-        }
+    fn config(dir: &Path) -> ModelConfig {
+        let p = dir.join("config.json");
+        std::fs::write(
+            &p,
+            r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+                "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "num_key_value_heads": 1, "rms_norm_eps": 1e-5, "tie_word_embeddings": true,
+                "max_position_embeddings": 64}"#,
+        )
+        .unwrap();
+        config_from_hf(&p).unwrap()
     }
 
     #[test]
-    fn special_tokens_named_only_where_the_tokenizer_has_them() {
-        let ids = |t: &str| match t {
-            "<|im_start|>" => Some(1),
-            "<|im_end|>" => Some(2),
+    fn special_tokens_named_only_where_the_model_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let names = |id: u32| match id {
+            1 => Some("<|im_start|>".to_string()),
+            2 => Some("<|im_end|>".to_string()),
             _ => None,
         };
-        let (cfg, tok) = hf_configs(&config(), ids);
+        let special = SpecialTokens {
+            bos: Some(1),
+            eos: Some(2),
+            pad: Some(2),
+            chat_template: Some("{{ x }}".into()),
+            ..SpecialTokens::default()
+        };
+        let (cfg, tok) = hf_configs(&c, &special, names, SaveDType::Bf16);
         assert_eq!(cfg["bos_token_id"], 1);
         assert_eq!(cfg["eos_token_id"], 2);
+        assert_eq!(cfg["pad_token_id"], 2);
         assert_eq!(cfg["num_hidden_layers"], 2);
-        assert!(cfg.get("pad_token_id").is_none());
+        assert_eq!(cfg["model_type"], "llama");
+        assert_eq!(cfg["architectures"][0], "LlamaForCausalLM");
+        assert_eq!(cfg["torch_dtype"], "bfloat16");
         assert_eq!(tok["bos_token"], "<|im_start|>");
         assert_eq!(tok["eos_token"], "<|im_end|>");
         assert_eq!(tok["pad_token"], "<|im_end|>");
+        assert_eq!(tok["chat_template"], "{{ x }}");
         assert_eq!(tok["model_max_length"], 64);
 
-        let (cfg, tok) = hf_configs(&config(), |_| None);
+        // An end-of-turn token, where the file names one, is where generation stops.
+        let with_eot = SpecialTokens {
+            eot: Some(7),
+            ..special
+        };
+        let (cfg, _) = hf_configs(&c, &with_eot, names, SaveDType::F32);
+        assert_eq!(cfg["eos_token_id"], 7);
+
+        let (cfg, tok) = hf_configs(&c, &SpecialTokens::default(), |_| None, SaveDType::F32);
         assert!(cfg.get("eos_token_id").is_none() && cfg.get("bos_token_id").is_none());
         assert!(tok.get("eos_token").is_none());
     }

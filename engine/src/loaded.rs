@@ -13,7 +13,7 @@ use c2i_cache::Digest;
 use c2i_stages::data::{Example, Task};
 use c2i_stages::eval::evaluator::EvalSet;
 use c2i_stages::eval::prefix::Prefix;
-use c2i_stages::model::{Llama, LoadedModel};
+use c2i_stages::model::{Decoder, LoadedModel};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,7 @@ impl EvalSetId {
 /// The in-memory resources of a process.
 pub struct Loaded {
     models: Table<Digest, LoadedModel>,
-    llamas: Table<Digest, Llama>,
+    decoders: Table<Digest, Decoder>,
     examples: Table<(Task, Digest), Vec<Example>>,
     eval_sets: Table<EvalSetId, EvalSet>,
     prefixes: Table<(EvalSetId, Vec<usize>), Prefix>,
@@ -83,7 +83,7 @@ impl Default for Loaded {
     fn default() -> Self {
         Loaded {
             models: Table::new(),
-            llamas: Table::new(),
+            decoders: Table::new(),
             examples: Table::new(),
             eval_sets: Table::new(),
             prefixes: Table::new(),
@@ -102,12 +102,12 @@ impl Loaded {
     }
 
     /// The base model's layers, ready to run.
-    pub fn llama(
+    pub fn decoder(
         &self,
         digest: &Digest,
-        make: impl FnOnce() -> Result<Llama, EngineError>,
-    ) -> Result<Arc<Llama>, EngineError> {
-        self.llamas.get_or(digest, make)
+        make: impl FnOnce() -> Result<Decoder, EngineError>,
+    ) -> Result<Arc<Decoder>, EngineError> {
+        self.decoders.get_or(digest, make)
     }
 
     /// The rows of a data file read as `task`.

@@ -180,15 +180,18 @@ pub fn outcome_counts(stages: &[StageRecord]) -> BTreeMap<String, BTreeMap<Strin
     m
 }
 
-/// The model file: a path, or `smollm2` (fetched).
+/// The model file: a path, or the name of a model c2i fetches (`smollm2`,
+/// `qwen2.5-0.5b`, `gemma3-270m`, `qwen2.5-1.5b`).
 pub fn resolve_model(path: &str) -> Result<PathBuf, EngineError> {
-    if path == "smollm2" {
-        return Ok(assets::smollm2_gguf()?);
+    if let Some(p) = assets::model_file(path)? {
+        return Ok(p);
     }
     let p = PathBuf::from(path);
     if !p.exists() {
+        let names: Vec<&str> = assets::MODELS.iter().map(|s| s.name).collect();
         return Err(EngineError::Invalid(format!(
-            "model.path {path}: no such file or directory (expected a .gguf file, a Hugging Face directory, or `smollm2`)"
+            "model.path {path}: no such file or directory (expected a .gguf file, a Hugging Face directory, or one of {})",
+            names.join(", ")
         )));
     }
     Ok(p)
@@ -248,7 +251,10 @@ pub fn inputs(ctx: &Ctx, p: &Pipeline) -> Result<Inputs, EngineError> {
         p.spec.data.heldout.size,
         p.spec.data.heldout.seed,
     )?;
-    let fetch = (p.spec.model.path == "smollm2").then(|| "smollm2".to_string());
+    let fetch = assets::MODELS
+        .iter()
+        .any(|m| m.name == p.spec.model.path)
+        .then(|| p.spec.model.path.clone());
     Ok(Inputs {
         model: Input::File {
             digest: model_digest,
@@ -657,6 +663,7 @@ pub fn run(
                 &o.dir,
                 o.dense,
                 o.factored,
+                o.dtype,
                 book_frozen(w.book),
             )?);
         }

@@ -8,6 +8,7 @@
 use c2i_stages::data::split::{SampleSize, SampleSpec};
 use c2i_stages::data::Task;
 use c2i_stages::eval::metrics::SelectionMetric;
+use c2i_stages::model::weights::SaveDType;
 use c2i_stages::model::MatrixKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -47,7 +48,8 @@ pub enum SpecError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// A `.gguf` file, a Hugging Face directory, or `smollm2` (fetched).
+    /// A `.gguf` file, a Hugging Face directory, or a model c2i fetches: `smollm2`,
+    /// `qwen2.5-0.5b`, `gemma3-270m`, `qwen2.5-1.5b`.
     pub path: String,
 }
 
@@ -352,6 +354,13 @@ pub struct OutputSpec {
     /// Also export the factored form (U·S and V per block) of the replaced matrix.
     #[serde(default)]
     pub factored: bool,
+    /// The dtype of the exported model's tensors: `f32` (default), `bf16` or `f16`.
+    #[serde(default = "default_dtype")]
+    pub dtype: SaveDType,
+}
+
+fn default_dtype() -> SaveDType {
+    SaveDType::F32
 }
 
 fn default_true() -> bool {
@@ -571,7 +580,10 @@ impl Pipeline {
         if let Some(d) = &spec.run.slurm.worker_cache {
             spec.run.slurm.worker_cache = Some(resolve(d));
         }
-        if spec.model.path != "smollm2" {
+        if !c2i_stages::assets::MODELS
+            .iter()
+            .any(|m| m.name == spec.model.path)
+        {
             spec.model.path = resolve(Path::new(&spec.model.path)).display().to_string();
         }
         Self::validate(spec, file)

@@ -3,11 +3,11 @@
 
 use super::Output;
 use crate::resources::{mib, peak_rss_bytes};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use c2i_stages::data::split::{selection_samples, SampleSize, SampleSpec};
 use c2i_stages::data::{self, Task};
 use c2i_stages::grad::{gradient_pass, GradOptions, LossSample};
-use c2i_stages::model::tokenizer::encode;
+use c2i_stages::model::tokenizer::{encode, encode_prompt};
 use c2i_stages::model::weights::save_safetensors;
 use c2i_stages::model::Weights;
 use std::collections::BTreeMap;
@@ -25,7 +25,8 @@ disjoint from the evaluation sample of the same --eval-samples/--eval-seed."
 )]
 pub struct Args {
     /// A `.gguf` file, a Hugging Face directory (config.json, tokenizer.json,
-    /// *.safetensors), or `smollm2` for the fetched SmolLM2-135M-Instruct.
+    /// *.safetensors), or a model c2i fetches: smollm2, qwen2.5-0.5b, gemma3-270m,
+    /// qwen2.5-1.5b.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
     /// The data file (JSONL, see DATA FORMAT below).
@@ -55,16 +56,9 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-/// The model path: a file or directory, or `smollm2` (fetched if needed).
+/// The model path: a file or directory, or a model c2i fetches (`smollm2`, ...).
 pub fn resolve_model(model: &str) -> Result<PathBuf> {
-    if model == "smollm2" {
-        return Ok(c2i_stages::assets::smollm2_gguf()?);
-    }
-    let p = PathBuf::from(model);
-    if !p.exists() {
-        bail!("--model {model}: no such file or directory (expected a .gguf file, a Hugging Face directory, or `smollm2`)");
-    }
-    Ok(p)
+    c2i_engine::runner::resolve_model(model).map_err(|e| anyhow::anyhow!("--model {e}"))
 }
 
 /// The task named, or the one whose LASER file name `path` ends with.
@@ -96,7 +90,7 @@ pub fn loss_samples(
         .iter()
         .map(|e| {
             Ok(LossSample {
-                prompt: encode(tokenizer, &e.prompt)?,
+                prompt: encode_prompt(tokenizer, &e.prompt)?,
                 answer: encode(tokenizer, &e.answer.gold_continuation())?,
             })
         })

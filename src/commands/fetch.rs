@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `smollm2` (SmolLM2-135M-Instruct GGUF), `bigbench` (epistemic reasoning and
-    /// WikidataQA, rebuilt in LASER's order from the bigbench==1.0.0 package), or `all`.
+    /// A model (`smollm2`, `qwen2.5-0.5b`, `gemma3-270m`, `qwen2.5-1.5b`), `bigbench`
+    /// (epistemic reasoning and WikidataQA, rebuilt in LASER's order from the
+    /// bigbench==1.0.0 package), or `all`.
     pub asset: String,
 }
 
@@ -27,7 +28,7 @@ pub fn bigbench_data_file(task: Task) -> Result<PathBuf> {
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let names: Vec<&str> = match args.asset.as_str() {
-        "all" => vec!["smollm2", "bigbench"],
+        "all" => assets::ALL.iter().map(|s| s.name).collect(),
         one => vec![one],
     };
     let mut report = serde_json::Map::new();

@@ -24,9 +24,8 @@
 use c2i_stages::data::{
     load, sample, selection_samples, SampleSize, SampleSpec, Split, Task, TaskKind,
 };
-use c2i_stages::eval::generate::eos_token_id;
 use c2i_stages::eval::{evaluate, EvalOptions, EvalResult, EvalSet, TaskMetrics};
-use c2i_stages::model::{Llama, Weights};
+use c2i_stages::model::{Decoder, Weights};
 use std::error::Error;
 use std::io::Write;
 use std::path::PathBuf;
@@ -129,8 +128,8 @@ fn main() -> Res<()> {
     let args = parse_args()?;
     let path = model_path()?;
     let loaded = Weights::load_gguf(&path)?;
-    let eos = eos_token_id(&path)?;
-    let model = Llama::new(&loaded.weights)?;
+    let eos = loaded.special.stop();
+    let model = Decoder::new(&loaded.weights)?.inference();
     let opts = EvalOptions {
         micro_batch: args.micro_batch,
         ..EvalOptions::default()

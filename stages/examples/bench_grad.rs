@@ -182,7 +182,7 @@ fn main() -> Res<()> {
             for (id, t) in &truth.grads {
                 let t = t.to_dtype(candle_core::DType::F32)?;
                 let scale = t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
-                let d = c2i_stages::model::llama::max_abs_diff(&g.grads[id], &t)? as f64 / scale;
+                let d = c2i_stages::model::decoder::max_abs_diff(&g.grads[id], &t)? as f64 / scale;
                 worst = worst.max(d);
                 sum += d;
                 all.push((d, id.hf_name()));
@@ -256,7 +256,7 @@ fn main() -> Res<()> {
         for (id, a) in &results[0].grads {
             let b = &results[1].grads[id];
             let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
-            let d = c2i_stages::model::llama::max_abs_diff(a, b)? as f64 / scale.max(1e-30);
+            let d = c2i_stages::model::decoder::max_abs_diff(a, b)? as f64 / scale.max(1e-30);
             if d > worst.0 {
                 worst = (d, id.hf_name());
             }

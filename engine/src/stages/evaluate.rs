@@ -3,7 +3,7 @@
 //! reuse the base model's hidden states at the input of layer L (when the process
 //! evaluates several candidates on the same rows: a hint, never part of the key).
 
-use super::{has_outputs, Produced, StageDef, END_OF_TURN};
+use super::{has_outputs, Produced, StageDef};
 use crate::action::{Action, Input};
 use crate::ctx::Ctx;
 use crate::loaded::EvalSetId;
@@ -17,7 +17,7 @@ use c2i_stages::eval::evaluator::{
 use c2i_stages::eval::metrics::SelectionScore;
 use c2i_stages::eval::prefix::Prefix;
 use c2i_stages::factor::from_safetensors;
-use c2i_stages::model::{Llama, MatrixId};
+use c2i_stages::model::{Decoder, MatrixId};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -142,7 +142,8 @@ fn run(ctx: &Ctx, action: &Action) -> Result<Produced, EngineError> {
     let model_digest = file_digest(action, "model")?;
     let ex = ctx.input_examples(action, "data", task)?;
     let set_id = EvalSetId::new(model_digest, file_digest(action, "data")?, task, &row_list);
-    let eos = loaded.tokenizer.token_to_id(END_OF_TURN);
+    // Generation stops where the model file says a turn ends.
+    let eos = loaded.special.stop();
     let set = ctx.loaded.eval_set(&set_id, || {
         Ok(EvalSet::from_rows(
             task,
@@ -167,14 +168,14 @@ fn run(ctx: &Ctx, action: &Action) -> Result<Produced, EngineError> {
             Tensor::from_vec(dense, (view.rows(), view.cols()), &Device::Cpu)?,
         );
     }
-    let base = ctx
-        .loaded
-        .llama(&model_digest, || Ok(Llama::new(&loaded.weights)?))?;
+    let base = ctx.loaded.decoder(&model_digest, || {
+        Ok(Decoder::new(&loaded.weights)?.inference())
+    })?;
     let from = first_changed_layer(&replace);
     let candidate_model = if replace.is_empty() {
         (*base).clone()
     } else {
-        Llama::with_matrices(&loaded.weights, &replace)?
+        Decoder::with_matrices(&loaded.weights, &replace)?.inference()
     };
     ctx.progress.start("evaluate", set.len() as u64);
     // Prefix reuse pays when this process evaluates several candidates on the same

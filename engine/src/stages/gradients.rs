@@ -8,7 +8,7 @@ use crate::EngineError;
 use c2i_cache::ActionEntry;
 use c2i_stages::data::Task;
 use c2i_stages::grad::{gradient_pass, GradOptions, LossSample};
-use c2i_stages::model::tokenizer::encode;
+use c2i_stages::model::tokenizer::{encode, encode_prompt};
 use c2i_stages::model::weights::save_safetensors_bytes;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -58,7 +58,7 @@ fn run(ctx: &Ctx, action: &Action) -> Result<Produced, EngineError> {
     for &r in &rows {
         let e = ex.get(r).ok_or(EngineError::Row(r))?;
         samples.push(LossSample {
-            prompt: encode(&loaded.tokenizer, &e.prompt)?,
+            prompt: encode_prompt(&loaded.tokenizer, &e.prompt)?,
             answer: encode(&loaded.tokenizer, &e.answer.gold_continuation())?,
         });
     }

@@ -26,11 +26,6 @@ use crate::EngineError;
 use c2i_cache::ActionEntry;
 use std::collections::BTreeMap;
 
-/// SmolLM2's chat tokens: a turn opens with the first; the model ends its answer with
-/// the second, where generation stops (and where the exported model's `generate` stops).
-pub(crate) const START_OF_TURN: &str = "<|im_start|>";
-pub(crate) const END_OF_TURN: &str = "<|im_end|>";
-
 /// What a stage body produces: named output blobs and small metadata.
 pub struct Produced {
     pub outputs: BTreeMap<String, Vec<u8>>,

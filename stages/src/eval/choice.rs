@@ -16,14 +16,14 @@
 //! The log-probability of token `j` of choice `c` is read at the slot that predicts
 //! it: the last prompt token for `j = 0`, token `j - 1` of the same choice otherwise.
 //! Only those slots go through the final norm and the LM head
-//! ([`Llama::answer_log_probs`]). A choice's score is the sum over its tokens (LASER's
+//! ([`Decoder::answer_log_probs`]). A choice's score is the sum over its tokens (LASER's
 //! rule, see [`evaluator`](super::evaluator)).
 
 use super::evaluator::{EvalError, EvalSet, Forward, SampleAnswer};
 use super::prefix::Start;
-use crate::model::ops::llama_grad::{self, RopeTable};
+use crate::model::ops::decoder::{self as kernels, RopeTables};
 use crate::model::ops::tree::{tree_layers, TreeLayout};
-use crate::model::{Batch, Llama, ModelError, Target};
+use crate::model::{Batch, Decoder, ModelError, Target};
 use candle_core::{DType, Device, Tensor};
 use std::ops::Range;
 
@@ -123,7 +123,7 @@ pub fn tree_batch(rows: &[(&[u32], &[Vec<u32>])], dev: &Device) -> Result<Choice
 /// Summed log-probability of every choice of every row, from the hidden states `h`
 /// after the last layer (before the final norm) of `cb.batch`.
 pub fn choice_log_probs(
-    model: &Llama,
+    model: &Decoder,
     h: &Tensor,
     cb: &ChoiceBatch,
 ) -> Result<Vec<Vec<f64>>, EvalError> {
@@ -144,13 +144,13 @@ pub fn choice_log_probs(
 
 /// Scores the samples `idx` of `set` (one micro-batch), starting from `start`.
 pub(crate) fn score_batch(
-    model: &Llama,
+    model: &Decoder,
     set: &EvalSet,
     idx: &[usize],
     start: &Start<'_>,
     forward: Forward,
 ) -> Result<Vec<Vec<f64>>, EvalError> {
-    let cb = batch_for(set, idx, model.embed.device())?;
+    let cb = batch_for(set, idx, model.device())?;
     let h = hidden_from(model, &cb, start, forward)?;
     choice_log_probs(model, &h, &cb)
 }
@@ -180,7 +180,7 @@ pub(crate) fn batch_for(
 
 /// Hidden states after the last layer, from the embeddings or from a prefix.
 fn hidden_from(
-    model: &Llama,
+    model: &Decoder,
     cb: &ChoiceBatch,
     start: &Start<'_>,
     forward: Forward,
@@ -199,13 +199,13 @@ fn hidden_from(
 /// otherwise. Padded slots of the result are zero on the first path and finite
 /// garbage on the second; nobody reads them.
 pub(crate) fn run_layers(
-    model: &Llama,
+    model: &Decoder,
     cb: &ChoiceBatch,
     h: &Tensor,
     range: Range<usize>,
     forward: Forward,
 ) -> Result<Tensor, EvalError> {
-    if forward == Forward::Candle || !llama_grad::supported_llama::<f32>(model) {
+    if forward == Forward::Candle || !kernels::supported_decoder::<f32>(model) {
         return Ok(model.run_layers(h, range, &cb.batch)?);
     }
     let (b, t, d) = h.dims3()?;
@@ -217,8 +217,8 @@ pub(crate) fn run_layers(
     }
     drop(padded);
     let layout = TreeLayout::new(&cb.trees)?;
-    let rope_t = RopeTable::<f32>::new(&model.config, layout.positions());
-    let out = llama_grad::with_llama::<f32, _>(model, |m| {
+    let rope_t = RopeTables::<f32>::new(&model.config, layout.positions());
+    let out = kernels::with_decoder::<f32, _>(model, |m| {
         tree_layers(m, &layout, packed, range, &rope_t)
     })??;
     let mut padded = vec![0f32; b * t * d];
@@ -287,5 +287,66 @@ mod tests {
         let empty: Vec<Vec<u32>> = vec![vec![]];
         assert!(tree_batch(&[(&[1], &empty)], &Device::Cpu).is_err());
         assert!(tree_batch(&[], &Device::Cpu).is_err());
+    }
+
+    /// The choice tree on the kernels and on candle's padded ops against one plain
+    /// forward per (prompt + choice) sequence, for a tiny model of every family, with
+    /// prompts longer than the mistral and gemma3 windows.
+    #[test]
+    fn trees_match_separate_forwards_every_family() {
+        use crate::model::tiny::tiny_weights;
+        use crate::model::{Decoder, Family};
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![3, 17, 4, 9, 22, 1, 8, 5],
+            vec![5, 2],
+            vec![40, 41, 42, 43, 44, 45],
+        ];
+        let choices: Vec<Vec<Vec<u32>>> = vec![
+            vec![vec![7], vec![11, 12, 13]],
+            vec![vec![30, 31], vec![1]],
+            vec![vec![2, 3], vec![4, 5]],
+        ];
+        for family in Family::ALL {
+            let w = tiny_weights(family, candle_core::DType::F32, 3);
+            let model = Decoder::new(&w).unwrap();
+            let rows: Vec<(&[u32], &[Vec<u32>])> = prompts
+                .iter()
+                .zip(&choices)
+                .map(|(p, c)| (p.as_slice(), c.as_slice()))
+                .collect();
+            let cb = tree_batch(&rows, &Device::Cpu).unwrap();
+            let h0 = model.embed(&cb.batch).unwrap();
+            let n = model.layers.len();
+            let mut got = Vec::new();
+            for forward in [Forward::Auto, Forward::Candle] {
+                let h = run_layers(&model, &cb, &h0, 0..n, forward).unwrap();
+                got.push(choice_log_probs(&model, &h, &cb).unwrap());
+            }
+            for (r, (p, cs)) in rows.iter().enumerate() {
+                for (c, choice) in cs.iter().enumerate() {
+                    let seq = [*p, choice.as_slice()].concat();
+                    let batch =
+                        Batch::new(&[seq], crate::model::Padding::Right, 0, &Device::Cpu).unwrap();
+                    let lp = candle_nn::ops::log_softmax(&model.logits(&batch).unwrap(), 2)
+                        .unwrap()
+                        .squeeze(0)
+                        .unwrap()
+                        .to_vec2::<f32>()
+                        .unwrap();
+                    let want: f64 = choice
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &tok)| f64::from(lp[p.len() - 1 + j][tok as usize]))
+                        .sum();
+                    for (g, name) in got.iter().zip(["kernels", "candle"]) {
+                        assert!(
+                            (g[r][c] - want).abs() < 1e-4,
+                            "{family} {name} row {r} choice {c}: {} vs {want}",
+                            g[r][c]
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -47,8 +47,8 @@ use super::metrics::{
 };
 use super::prefix::{Prefix, Start};
 use crate::data::{Answer, Example, Task, TaskKind};
-use crate::model::tokenizer::encode;
-use crate::model::{Llama, MatrixId, ModelError};
+use crate::model::tokenizer::{encode, encode_prompt};
+use crate::model::{Decoder, MatrixId, ModelError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -224,7 +224,7 @@ pub struct EvalSet {
 
 impl EvalSet {
     /// Tokenizes `examples` (in the given order) for `task`. `eos` is the token that
-    /// ends a generation early (SmolLM2: 2, see [`generate::eos_token_id`]); `None`
+    /// ends a generation early (the model's [`SpecialTokens::stop`](crate::model::tokenizer::SpecialTokens::stop)); `None`
     /// always generates `max_new_tokens` tokens.
     pub fn new(
         task: Task,
@@ -236,7 +236,12 @@ impl EvalSet {
             return Err(EvalError::Empty);
         }
         let tok = |row: usize, what: &str, text: &str| -> Result<Vec<u32>, EvalError> {
-            let ids = encode(tokenizer, text)?;
+            // A prompt gets the special tokens the model's tokenizer adds (Gemma's BOS).
+            let ids = if what == "the prompt" {
+                encode_prompt(tokenizer, text)?
+            } else {
+                encode(tokenizer, text)?
+            };
             if ids.is_empty() {
                 return Err(EvalError::NoTokens {
                     row,
@@ -432,7 +437,7 @@ impl EvalSet {
     }
 
     /// Errors when a sample needs more rotary positions than `model` has.
-    pub(crate) fn check_fits(&self, model: &Llama) -> Result<(), EvalError> {
+    pub(crate) fn check_fits(&self, model: &Decoder) -> Result<(), EvalError> {
         let max = model.config.max_position_embeddings;
         for s in &self.samples {
             let positions = s.positions_needed();
@@ -599,7 +604,7 @@ pub fn argmax_first(xs: &[f64]) -> usize {
 /// `None`, `from_layer` must be 0. `progress` gets (samples done, samples total) after
 /// each micro-batch.
 pub fn evaluate(
-    model: &Llama,
+    model: &Decoder,
     set: &EvalSet,
     prefix: Option<&Prefix>,
     from_layer: usize,

@@ -24,29 +24,23 @@
 //! tokens; finished rows leave the batch (and their cache), and decoding ends when
 //! every row has finished.
 //!
-//! The layers are re-implemented here (the model's own layer forward keeps no cache)
-//! from its public weights with [`rms_norm`](candle_nn::ops::rms_norm) and
-//! [`softmax_last_dim`](candle_nn::ops::softmax_last_dim), candle's fused inference
-//! kernels, plus the model's [`rope`] and [`Llama::rope_at`]. The final norm and the
-//! LM head are the model's [`Llama::log_probs_at`].
-//! [`greedy_generate_uncached`] is the reference without a cache (one full forward
-//! per new token through [`Llama::hidden`]).
+//! The layers are the decoder's own ([`Decoder::run_layers_cached`], with candle's
+//! fused inference kernels: [`Decoder::inference`]), fed the cached keys and values and
+//! each key's rotary position (for sliding windows). The final norm and the LM head
+//! are the decoder's [`Decoder::log_probs_at`]. [`greedy_generate_uncached`] is the
+//! reference without a cache (one full forward per new token through
+//! [`Decoder::hidden`]).
 
 use super::evaluator::{argmax_first, EvalError, EvalSet, SampleAnswer};
 use super::prefix::Start;
-use crate::model::llama::{rope, Layer};
-use crate::model::{Batch, Llama, ModelError, Padding};
-use candle_core::quantized::gguf_file;
+use crate::model::decoder::Attend;
+pub use crate::model::decoder::LayerKv;
+use crate::model::{Batch, Decoder, ModelError, Padding};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::Path;
 
 type CResult<T> = candle_core::Result<T>;
-
-/// Keys and values of one layer, each (batch, kv_heads, time, head_dim), rotary applied
-/// to the keys.
-pub type LayerKv = (Tensor, Tensor);
 
 /// A greedy continuation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,24 +57,6 @@ pub(crate) struct GenOutput {
     pub tokens: Vec<u32>,
     pub stopped_at_eos: bool,
     pub target_log_prob: f64,
-}
-
-/// The end-of-sequence token id of a GGUF model (`tokenizer.ggml.eos_token_id`),
-/// `None` when the file does not name one. Reads the header only.
-pub fn eos_token_id(gguf: &Path) -> Result<Option<u32>, EvalError> {
-    let io = |source| ModelError::Io {
-        path: gguf.to_owned(),
-        source,
-    };
-    let mut f = std::fs::File::open(gguf).map_err(io)?;
-    let ct = crate::model::gguf::read_content(&mut f, gguf)?;
-    Ok(match ct.metadata.get("tokenizer.ggml.eos_token_id") {
-        Some(gguf_file::Value::U32(v)) => Some(*v),
-        Some(gguf_file::Value::I32(v)) => u32::try_from(*v).ok(),
-        Some(gguf_file::Value::U64(v)) => u32::try_from(*v).ok(),
-        Some(gguf_file::Value::I64(v)) => u32::try_from(*v).ok(),
-        _ => None,
-    })
 }
 
 /// A prompt-aligned batch (see the module docs).
@@ -144,85 +120,46 @@ pub fn aligned_batch(rows: &[(&[u32], &[u32])], dev: &Device) -> Result<AlignedB
     })
 }
 
-/// One decoder layer on new tokens `h` (batch, t, hidden) attending to `past` keys and
-/// values (if any) and to themselves under `bias` (batch, 1, t, past + t). Returns the
-/// output and the keys and values of past and new tokens.
-fn layer_step(
-    model: &Llama,
-    l: &Layer,
-    h: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    bias: &Tensor,
-    past: Option<&LayerKv>,
-) -> CResult<(Tensor, LayerKv)> {
-    let c = &model.config;
-    let eps = c.rms_norm_eps as f32;
-    let (b, t, d) = h.dims3()?;
-    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-    let rep = nh / nkv;
-    let x = candle_nn::ops::rms_norm(&h.contiguous()?, &l.input_norm, eps)?.reshape((b * t, d))?;
-    let heads = |w: &Tensor, n: usize| -> CResult<Tensor> {
-        x.matmul(&w.t()?)?
-            .reshape((b, t, n, hd))?
-            .transpose(1, 2)?
-            .contiguous()
-    };
-    let q = rope(&heads(&l.q, nh)?, cos, sin)?;
-    let k = rope(&heads(&l.k, nkv)?, cos, sin)?.contiguous()?;
-    let v = heads(&l.v, nkv)?;
-    let (k, v) = match past {
-        Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-        None => (k, v),
-    };
-    let tk = k.dim(2)?;
-    // The `rep` query heads sharing a KV head are stacked along time.
-    let q = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
-        .reshape((b, nkv, rep, t, tk))?
-        .broadcast_add(&bias.to_dtype(h.dtype())?.unsqueeze(1)?)?
-        .reshape((b, nkv, rep * t, tk))?;
-    let att = candle_nn::ops::softmax_last_dim(&scores)?;
-    let y = att
-        .matmul(&v)?
-        .reshape((b, nh, t, hd))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b * t, nh * hd))?;
-    let h = (h + y.matmul(&l.o.t()?)?.reshape((b, t, d))?)?;
-    let x = candle_nn::ops::rms_norm(&h, &l.post_norm, eps)?.reshape((b * t, d))?;
-    let gate = x.matmul(&l.gate.t()?)?.silu()?;
-    let up = x.matmul(&l.up.t()?)?;
-    let m = (gate * up)?.matmul(&l.down.t()?)?.reshape((b, t, d))?;
-    Ok(((h + m)?, (k, v)))
-}
-
 /// Runs layers `range` over a whole batch, keeping each layer's keys and values for
 /// columns `0..keep_cols`, and the hidden states at the input of each layer in
 /// `snapshot` (`range.end` included: the output).
 pub(crate) fn run_layers_kv(
-    model: &Llama,
+    model: &Decoder,
     h: &Tensor,
     range: Range<usize>,
     batch: &Batch,
     keep_cols: usize,
     snapshot: &[usize],
 ) -> CResult<(Tensor, Vec<LayerKv>, BTreeMap<usize, Tensor>)> {
-    let (cos, sin) = model.rope_at(&batch.positions)?;
+    let att = batch.attend();
     let mut h = h.clone();
     let mut kv = Vec::with_capacity(range.len());
     let mut snaps = BTreeMap::new();
-    for li in range.clone() {
-        if snapshot.contains(&li) {
-            snaps.insert(li, h.clone());
+    // Segments between snapshot layers run in one call each.
+    let mut cuts: Vec<usize> = snapshot
+        .iter()
+        .copied()
+        .filter(|l| range.contains(l))
+        .collect();
+    cuts.push(range.end);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut from = range.start;
+    for cut in cuts {
+        if snapshot.contains(&from) {
+            snaps.insert(from, h.clone());
         }
-        let (out, (k, v)) =
-            layer_step(model, &model.layers[li], &h, &cos, &sin, &batch.bias, None)?;
-        h = out;
-        kv.push((
-            k.narrow(2, 0, keep_cols)?.contiguous()?,
-            v.narrow(2, 0, keep_cols)?.contiguous()?,
-        ));
+        if cut > from {
+            let (out, layer_kv) = model.run_layers_cached(&h, from..cut, &att, None)?;
+            h = out;
+            for (k, v) in layer_kv {
+                kv.push((
+                    k.narrow(2, 0, keep_cols)?.contiguous()?,
+                    v.narrow(2, 0, keep_cols)?.contiguous()?,
+                ));
+            }
+        }
+        from = cut;
     }
     if snapshot.contains(&range.end) {
         snaps.insert(range.end, h.clone());
@@ -233,16 +170,15 @@ pub(crate) fn run_layers_kv(
 /// Greedy decoding from a prompt KV cache (see the module docs). `first[r]` is the
 /// token chosen from the prompt's last logits.
 fn decode(
-    model: &Llama,
+    model: &Decoder,
     mut kv: Vec<LayerKv>,
     ab: &AlignedBatch,
     first: Vec<u32>,
     max_new: &[usize],
     eos: Option<u32>,
 ) -> CResult<Vec<Generation>> {
-    let dev = model.embed.device();
+    let dev = model.device();
     let b = first.len();
-    let d = model.config.hidden_size;
     let p_cols = ab.prompt_cols;
     let mut out: Vec<Generation> = (0..b)
         .map(|_| Generation {
@@ -292,24 +228,34 @@ fn decode(
         let nb = live.len();
         let total = p_cols + s + 1;
         let ids: Vec<u32> = live.iter().map(|&r| last[r]).collect();
-        let ids = Tensor::from_vec(ids, nb, dev)?;
-        let pos: Vec<u32> = live
+        let ids = Tensor::from_vec(ids, (nb, 1), dev)?;
+        let q_pos: Vec<u32> = live
             .iter()
             .map(|&r| (ab.prompt_lens[r] + s) as u32)
             .collect();
-        let pos = Tensor::from_vec(pos, (nb, 1), dev)?;
         let mut bias = vec![-1e9f32; nb * total];
+        // The rotary position of every key column: the prompt's (left-padded) tokens,
+        // then the generated ones.
+        let mut k_pos = vec![0u32; nb * total];
         for (i, &r) in live.iter().enumerate() {
-            bias[i * total + p_cols - ab.prompt_lens[r]..(i + 1) * total].fill(0.0);
+            let pad = p_cols - ab.prompt_lens[r];
+            bias[i * total + pad..(i + 1) * total].fill(0.0);
+            for (c, kp) in k_pos[i * total..(i + 1) * total].iter_mut().enumerate() {
+                *kp = if c < p_cols {
+                    c.saturating_sub(pad) as u32
+                } else {
+                    (ab.prompt_lens[r] + c - p_cols) as u32
+                };
+            }
         }
-        let bias = Tensor::from_vec(bias, (nb, 1, 1, total), dev)?;
-        let mut h = model.embed.index_select(&ids, 0)?.reshape((nb, 1, d))?;
-        let (cos, sin) = model.rope_at(&pos)?;
-        for (li, layer) in model.layers.iter().enumerate() {
-            let (o, new_kv) = layer_step(model, layer, &h, &cos, &sin, &bias, Some(&kv[li]))?;
-            h = o;
-            kv[li] = new_kv;
-        }
+        let att = Attend {
+            bias: Tensor::from_vec(bias, (nb, 1, 1, total), dev)?,
+            q_pos: Tensor::from_vec(q_pos, (nb, 1), dev)?,
+            k_pos: Tensor::from_vec(k_pos, (nb, total), dev)?,
+        };
+        let h = model.embed_ids(&ids)?;
+        let (h, new_kv) = model.run_layers_cached(&h, 0..model.layers.len(), &att, Some(&kv))?;
+        kv = new_kv;
         let rows: Vec<usize> = (0..nb).collect();
         let lp = model
             .log_probs_at(&h, &rows)?
@@ -334,7 +280,7 @@ fn argmax_f32(xs: &[f32]) -> usize {
 /// Prefill + decode of one aligned batch from `start`. Returns, per row, the
 /// generation and the summed log-probability of its continuation tokens.
 fn prefill_and_decode(
-    model: &Llama,
+    model: &Decoder,
     ab: &AlignedBatch,
     conts: &[&[u32]],
     max_new: &[usize],
@@ -452,25 +398,25 @@ pub(crate) fn batch_for<'s>(
 
 /// Generates for the samples `idx` of `set` (one micro-batch), starting from `start`.
 pub(crate) fn eval_batch(
-    model: &Llama,
+    model: &Decoder,
     set: &EvalSet,
     idx: &[usize],
     start: &Start<'_>,
 ) -> Result<Vec<GenOutput>, EvalError> {
-    let (ab, conts, max_new) = batch_for(set, idx, model.embed.device())?;
+    let (ab, conts, max_new) = batch_for(set, idx, model.device())?;
     prefill_and_decode(model, &ab, &conts, &max_new, set.eos(), start)
 }
 
 /// Greedy, KV-cached generation of at most `max_new_tokens` tokens after each prompt,
 /// all prompts in one batch. Stops a row at `eos`.
 pub fn greedy_generate(
-    model: &Llama,
+    model: &Decoder,
     prompts: &[Vec<u32>],
     max_new_tokens: usize,
     eos: Option<u32>,
 ) -> Result<Vec<Generation>, EvalError> {
     let rows: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (p.as_slice(), &[][..])).collect();
-    let ab = aligned_batch(&rows, model.embed.device())?;
+    let ab = aligned_batch(&rows, model.device())?;
     let conts: Vec<&[u32]> = vec![&[]; prompts.len()];
     let max_new = vec![max_new_tokens; prompts.len()];
     let out = prefill_and_decode(model, &ab, &conts, &max_new, eos, &Start::Embed)?;
@@ -484,9 +430,9 @@ pub fn greedy_generate(
 }
 
 /// Reference greedy generation without a cache: one full forward of the model
-/// ([`Llama::hidden`]) over the whole sequence per new token. Quadratic; for tests.
+/// ([`Decoder::hidden`]) over the whole sequence per new token. Quadratic; for tests.
 pub fn greedy_generate_uncached(
-    model: &Llama,
+    model: &Decoder,
     prompt: &[u32],
     max_new_tokens: usize,
     eos: Option<u32>,
@@ -501,7 +447,7 @@ pub fn greedy_generate_uncached(
             std::slice::from_ref(&seq),
             Padding::Right,
             0,
-            model.embed.device(),
+            model.device(),
         )?;
         let h = model.hidden(&batch)?;
         let lp = model.log_probs_at(&h, &[seq.len() - 1])?;
@@ -542,5 +488,29 @@ mod tests {
         assert_eq!(ok(1, 2), vec![2]);
         assert_eq!(ok(1, 4), vec![2, 3, 4]);
         assert!(aligned_batch(&[(&[], &[1])], &Device::Cpu).is_err());
+    }
+
+    /// KV-cached, batched generation (fused kernels) against one full forward per new
+    /// token, for a tiny model of every family, from prompts shorter and longer than the
+    /// mistral and gemma3 windows.
+    #[test]
+    fn cached_generation_matches_uncached_every_family() {
+        use crate::model::tiny::tiny_weights;
+        use crate::model::Family;
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![3, 17, 4, 9, 22, 1, 8, 5, 6],
+            vec![5, 2],
+            vec![40, 41, 42, 43, 44],
+        ];
+        for family in Family::ALL {
+            let w = tiny_weights(family, DType::F64, 3);
+            let plain = Decoder::new(&w).unwrap();
+            let fused = plain.clone().inference();
+            let got = greedy_generate(&fused, &prompts, 7, Some(49)).unwrap();
+            for (p, g) in prompts.iter().zip(&got) {
+                let want = greedy_generate_uncached(&plain, p, 7, Some(49)).unwrap();
+                assert_eq!(g, &want, "{family} prompt {p:?}");
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ use super::choice;
 use super::evaluator::{EvalError, EvalOptions, EvalSet};
 use super::generate::{self, LayerKv};
 use crate::data::TaskKind;
-use crate::model::Llama;
+use crate::model::Decoder;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
 
@@ -59,7 +59,7 @@ impl Prefix {
     /// not stored). The micro-batches are [`EvalSet::plan`] of `opts`. `progress` gets
     /// (samples done, samples total) after each micro-batch.
     pub fn compute(
-        base: &Llama,
+        base: &Decoder,
         set: &EvalSet,
         layers: &[usize],
         opts: &EvalOptions,
@@ -75,7 +75,7 @@ impl Prefix {
         kept.dedup();
         let deepest = kept.last().copied().unwrap_or(0);
         let plan = set.plan(opts)?;
-        let dev = base.embed.device();
+        let dev = base.device();
         let mut batches = Vec::with_capacity(plan.len());
         let mut done = 0;
         for idx in &plan {
@@ -170,7 +170,7 @@ impl Prefix {
     pub(crate) fn check(
         &self,
         set: &EvalSet,
-        model: &Llama,
+        model: &Decoder,
         from_layer: usize,
     ) -> Result<(), EvalError> {
         if self.set != set.fingerprint() {

@@ -8,14 +8,14 @@
 //! micro-batch's activations whatever the number of samples.
 //!
 //! On the CPU in f32 or f64 the pass is the hand-written forward and backward of
-//! [`crate::model::ops::llama_grad`] (packed rows, no padding, only the gradients asked
-//! for, accumulated in place); elsewhere it is candle's autograd through [`Llama`]
+//! [`crate::model::ops::decoder`] (packed rows, no padding, only the gradients asked
+//! for, accumulated in place); elsewhere it is candle's autograd through [`Decoder`]
 //! ([`gradient_pass_autograd`], also the reference the fast pass is tested against).
 
 use crate::model::ops::alloc::RetainHeap;
-use crate::model::ops::llama_grad::{self, GradBuffers, Packed, RopeTable};
+use crate::model::ops::decoder::{self as kernels, GradBuffers, Packed, RopeTables};
 use crate::model::ops::Real;
-use crate::model::{Batch, Llama, MatrixId, ModelError, Padding, Target, Weights};
+use crate::model::{Batch, Decoder, MatrixId, ModelError, Padding, Target, Weights};
 use candle_core::{DType, Tensor, Var};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -101,7 +101,7 @@ fn batch_for(
 
 /// Sum over the micro-batch of the answer NLL, divided by `denom`.
 fn batch_loss(
-    model: &Llama,
+    model: &Decoder,
     samples: &[LossSample],
     idx: &[usize],
     denom: f64,
@@ -114,7 +114,7 @@ fn batch_loss(
 
 /// The calibration loss without gradients (for checks and reporting).
 pub fn calibration_loss(
-    model: &Llama,
+    model: &Decoder,
     samples: &[LossSample],
     opts: &GradOptions,
 ) -> Result<f64, ModelError> {
@@ -137,9 +137,9 @@ pub fn gradient_pass(
     opts: &GradOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Gradients, ModelError> {
-    if llama_grad::supported::<f32>(weights) {
+    if kernels::supported::<f32>(weights) {
         gradient_pass_fast::<f32>(weights, samples, matrices, opts, progress)
-    } else if llama_grad::supported::<f64>(weights) {
+    } else if kernels::supported::<f64>(weights) {
         gradient_pass_fast::<f64>(weights, samples, matrices, opts, progress)
     } else {
         gradient_pass_autograd(weights, samples, matrices, opts, progress)
@@ -162,7 +162,7 @@ fn matrix_list(weights: &Weights, matrices: &[MatrixId]) -> Result<Vec<MatrixId>
 /// without the answer's last token (no loss term looks past it), and one target per
 /// answer token.
 fn packed_for(samples: &[LossSample], idx: &[usize]) -> Result<Packed, ModelError> {
-    let items: Vec<llama_grad::PackedItem> = idx
+    let items: Vec<kernels::PackedItem> = idx
         .iter()
         .map(|&i| {
             let s = &samples[i];
@@ -211,7 +211,7 @@ pub fn gradient_pass_fast_with<T: Real>(
         .map(|s| s.prompt.len() + s.answer.len())
         .max()
         .unwrap_or(1);
-    let rope = RopeTable::<T>::new(config, max_len);
+    let rope = RopeTables::<T>::new(config, max_len);
     let mut bufs = GradBuffers::<T>::new(config, &ids);
     let n = samples.len() as f64;
     let _heap = RetainHeap::new();
@@ -221,7 +221,7 @@ pub fn gradient_pass_fast_with<T: Real>(
         .rev()
         .collect();
     let parties = parties.max(1);
-    let loss = llama_grad::with_weights::<T, _>(weights, |m| {
+    let loss = kernels::with_weights::<T, _>(weights, |m| {
         let mut loss = 0f64;
         let mut done = 0;
         for idx in &batches {
@@ -235,7 +235,7 @@ pub fn gradient_pass_fast_with<T: Real>(
                 .with_max_len(1)
                 .map(|(party, group)| {
                     let b = packed_for(samples, group)?;
-                    llama_grad::loss_and_grad(m, &b, 1.0 / n, &rope, Some((&bufs, party)))
+                    kernels::loss_and_grad(m, &b, 1.0 / n, &rope, Some((&bufs, party)))
                 })
                 .collect();
             for l in losses {
@@ -268,19 +268,19 @@ pub fn calibration_loss_fast<T: Real>(
         .map(|s| s.prompt.len() + s.answer.len())
         .max()
         .unwrap_or(1);
-    let rope = RopeTable::<T>::new(&weights.config, max_len);
+    let rope = RopeTables::<T>::new(&weights.config, max_len);
     let n = samples.len() as f64;
-    llama_grad::with_weights::<T, _>(weights, |m| {
+    kernels::with_weights::<T, _>(weights, |m| {
         let mut loss = 0f64;
         for idx in micro_batches(samples, opts.micro_batch) {
             let b = packed_for(samples, &idx)?;
-            loss += llama_grad::loss_and_grad(m, &b, 1.0 / n, &rope, None)?;
+            loss += kernels::loss_and_grad(m, &b, 1.0 / n, &rope, None)?;
         }
         Ok(loss)
     })?
 }
 
-/// [`gradient_pass`] through candle's autograd on [`Llama`] (any device or dtype; slower
+/// [`gradient_pass`] through candle's autograd on [`Decoder`] (any device or dtype; slower
 /// and keeps every intermediate of a micro-batch).
 pub fn gradient_pass_autograd(
     weights: &Weights,
@@ -299,7 +299,7 @@ pub fn gradient_pass_autograd(
         .iter()
         .map(|(id, v)| (*id, v.as_tensor().clone()))
         .collect();
-    let model = Llama::with_matrices(weights, &replace)?;
+    let model = Decoder::with_matrices(weights, &replace)?;
 
     let n = samples.len() as f64;
     let mut loss = 0f64;
@@ -373,8 +373,7 @@ mod tests {
 
     #[test]
     fn fast_pass_matches_autograd_for_any_micro_batching_and_parties() {
-        use crate::model::ops::llama_grad::tests::tiny_weights;
-        let w = tiny_weights(DType::F64, 2);
+        let w = crate::model::tiny::tiny_weights(crate::model::Family::Qwen2, DType::F64, 2);
         let samples = tiny_samples();
         let want = gradient_pass_autograd(
             &w,
@@ -385,7 +384,7 @@ mod tests {
         )
         .unwrap();
         let want_loss = calibration_loss(
-            &Llama::new(&w).unwrap(),
+            &Decoder::new(&w).unwrap(),
             &samples,
             &GradOptions { micro_batch: 7 },
         )

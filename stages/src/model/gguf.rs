@@ -324,3 +324,100 @@ impl<R: Read> Walker<R> {
         })
     }
 }
+
+/// Typed access to a GGUF file's metadata, with errors that name the file and the key.
+pub struct Meta<'a> {
+    pub ct: &'a gguf_file::Content,
+    pub path: &'a Path,
+}
+
+impl<'a> Meta<'a> {
+    pub fn new(ct: &'a gguf_file::Content, path: &'a Path) -> Meta<'a> {
+        Meta { ct, path }
+    }
+
+    fn missing(&self, key: &str, expected: &str) -> ModelError {
+        ModelError::Config {
+            path: self.path.to_path_buf(),
+            field: key.to_string(),
+            expected: format!("{expected} in the GGUF metadata"),
+        }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.ct.metadata.contains_key(key)
+    }
+
+    pub fn str(&self, key: &str) -> Result<String, ModelError> {
+        match self.ct.metadata.get(key) {
+            Some(gguf_file::Value::String(s)) => Ok(s.clone()),
+            _ => Err(self.missing(key, "a string")),
+        }
+    }
+
+    pub fn opt_str(&self, key: &str) -> Result<Option<String>, ModelError> {
+        if self.has(key) {
+            self.str(key).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize, ModelError> {
+        use gguf_file::Value::*;
+        let v = match self.ct.metadata.get(key) {
+            Some(U8(v)) => *v as i128,
+            Some(I8(v)) => *v as i128,
+            Some(U16(v)) => *v as i128,
+            Some(I16(v)) => *v as i128,
+            Some(U32(v)) => *v as i128,
+            Some(I32(v)) => *v as i128,
+            Some(U64(v)) => *v as i128,
+            Some(I64(v)) => *v as i128,
+            _ => return Err(self.missing(key, "an integer")),
+        };
+        usize::try_from(v).map_err(|_| self.missing(key, "a non-negative integer"))
+    }
+
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
+        if self.has(key) {
+            self.usize(key).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn f64(&self, key: &str) -> Result<f64, ModelError> {
+        match self.ct.metadata.get(key) {
+            Some(gguf_file::Value::F32(v)) => Ok(*v as f64),
+            Some(gguf_file::Value::F64(v)) => Ok(*v),
+            _ => Err(self.missing(key, "a float")),
+        }
+    }
+
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
+        if self.has(key) {
+            self.f64(key).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
+        match self.ct.metadata.get(key) {
+            None => Ok(None),
+            Some(gguf_file::Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.missing(key, "a boolean")),
+        }
+    }
+
+    /// An optional token id (`tokenizer.ggml.*_token_id`).
+    pub fn opt_u32(&self, key: &str) -> Result<Option<u32>, ModelError> {
+        match self.opt_usize(key)? {
+            None => Ok(None),
+            Some(v) => u32::try_from(v)
+                .map(Some)
+                .map_err(|_| self.missing(key, "a 32-bit integer")),
+        }
+    }
+}

@@ -1,16 +1,22 @@
-//! The model: weights from GGUF or safetensors, the tokenizer, and a differentiable
-//! llama-architecture forward.
+//! The model: one decoder for the llama, mistral, qwen2 and gemma3 families. Weights
+//! from GGUF or safetensors through the family adapters ([`family`]), the tokenizer,
+//! the config that defines a layer ([`config`]), the decoder on candle's ops
+//! ([`decoder`]: the differentiable reference, any device) and on hand-written CPU
+//! kernels ([`ops`]: the gradient pass and the evaluator's forward).
 
 pub mod config;
+pub mod decoder;
+pub mod family;
 pub mod gguf;
-pub mod llama;
 pub mod names;
 pub mod ops;
+#[cfg(test)]
+pub(crate) mod tiny;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::LlamaConfig;
-pub use llama::{Batch, Llama, Padding, Target};
+pub use config::{Family, ModelConfig};
+pub use decoder::{Batch, Decoder, Padding, Target};
 pub use names::{MatrixId, MatrixKind};
 pub use weights::{LoadedModel, Weights};
 

@@ -1,4 +1,9 @@
-//! Names of the weight matrices the method works on, in Hugging Face's convention.
+//! Names of the tensors of the one decoder: the seven weight matrices the method works
+//! on (Hugging Face's names, the same in every supported family), and the per-layer
+//! vectors (norms and biases), whose canonical names say their role. Families name
+//! norms differently (llama's `post_attention_layernorm` is the norm before the MLP,
+//! gemma3's is the norm of the attention output), so [`super::family`] maps each file's
+//! names to these and back.
 
 use std::fmt;
 
@@ -115,6 +120,84 @@ impl MatrixId {
     }
 }
 
+/// A per-layer vector of the decoder: a norm weight or a projection bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum VectorKind {
+    /// RMSNorm before attention (every family).
+    AttnNorm,
+    /// RMSNorm of the attention output (gemma3).
+    AttnPostNorm,
+    /// RMSNorm before the MLP (every family).
+    FfnNorm,
+    /// RMSNorm of the MLP output (gemma3).
+    FfnPostNorm,
+    /// Per-head RMSNorm of queries and keys (gemma3).
+    QNorm,
+    KNorm,
+    /// Projection biases (qwen2).
+    QBias,
+    KBias,
+    VBias,
+}
+
+impl VectorKind {
+    pub const ALL: [VectorKind; 9] = [
+        VectorKind::AttnNorm,
+        VectorKind::AttnPostNorm,
+        VectorKind::FfnNorm,
+        VectorKind::FfnPostNorm,
+        VectorKind::QNorm,
+        VectorKind::KNorm,
+        VectorKind::QBias,
+        VectorKind::KBias,
+        VectorKind::VBias,
+    ];
+
+    /// The canonical module path inside a layer.
+    pub fn canonical(self) -> &'static str {
+        match self {
+            VectorKind::AttnNorm => "attn_norm.weight",
+            VectorKind::AttnPostNorm => "attn_post_norm.weight",
+            VectorKind::FfnNorm => "ffn_norm.weight",
+            VectorKind::FfnPostNorm => "ffn_post_norm.weight",
+            VectorKind::QNorm => "self_attn.q_norm.weight",
+            VectorKind::KNorm => "self_attn.k_norm.weight",
+            VectorKind::QBias => "self_attn.q_proj.bias",
+            VectorKind::KBias => "self_attn.k_proj.bias",
+            VectorKind::VBias => "self_attn.v_proj.bias",
+        }
+    }
+
+    /// Whether this is a norm weight (as opposed to a bias).
+    pub fn is_norm(self) -> bool {
+        !matches!(
+            self,
+            VectorKind::QBias | VectorKind::KBias | VectorKind::VBias
+        )
+    }
+
+    /// The canonical tensor name of this vector in layer `layer`.
+    pub fn name(self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}", self.canonical())
+    }
+
+    /// Parses a canonical tensor name back into (layer, kind).
+    pub fn from_name(name: &str) -> Option<(usize, VectorKind)> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let kind = VectorKind::ALL
+            .into_iter()
+            .find(|k| k.canonical() == rest)?;
+        Some((layer, kind))
+    }
+}
+
+/// The canonical names of the tensors outside the layers.
+pub const EMBED: &str = "model.embed_tokens.weight";
+pub const FINAL_NORM: &str = "model.norm.weight";
+pub const LM_HEAD: &str = "lm_head.weight";
+
 impl fmt::Display for MatrixId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "L{}.{}", self.layer, self.kind.short())
@@ -142,5 +225,9 @@ mod tests {
             MatrixId::from_hf_name("model.layers.x.mlp.up_proj.weight"),
             None
         );
+        for kind in VectorKind::ALL {
+            assert_eq!(VectorKind::from_name(&kind.name(3)), Some((3, kind)));
+            assert_eq!(MatrixId::from_hf_name(&kind.name(3)), None);
+        }
     }
 }

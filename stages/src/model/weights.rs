@@ -1,33 +1,33 @@
-//! Dense f32 weights in Hugging Face layout and names, loaded from GGUF (dequantized
-//! once) or from a safetensors checkpoint, and written back as safetensors.
-//!
-//! GGUF stores the Q and K projections of llama models permuted for interleaved
-//! rotary embeddings; we un-permute them on load
-//! (`w.reshape(n_head, head_dim/2, 2, d_in).transpose(1, 2).reshape(d_out, d_in)`) so
-//! every matrix, gradient and exported tensor uses the usual Hugging Face layout and
-//! the model applies the usual half-split rotary embedding.
+//! Dense weights in the canonical layout and names (see [`super::names`]), loaded
+//! from GGUF (dequantized once) or from a Hugging Face directory through the family
+//! adapters ([`super::family`]), and written back as safetensors in the family's own
+//! Hugging Face names and layout.
 
-use super::config::LlamaConfig;
-use super::tokenizer::tokenizer_from_gguf;
+use super::config::ModelConfig;
+use super::family;
+use super::names::{VectorKind, EMBED, FINAL_NORM, LM_HEAD};
+use super::tokenizer::{tokenizer_from_gguf, SpecialTokens};
 use super::{MatrixId, MatrixKind, ModelError};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
-/// A model's dense weights (f32, CPU), keyed by Hugging Face tensor names.
+/// A model's dense weights (f32, CPU unless moved), keyed by canonical tensor names.
 #[derive(Debug, Clone)]
 pub struct Weights {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub tensors: BTreeMap<String, Tensor>,
     /// Where the weights were read from.
     pub source: PathBuf,
 }
 
-/// A loaded model file: weights, and the tokenizer when the file carries one.
+/// A loaded model file: weights, the tokenizer, and what the file says of its special
+/// tokens and chat template.
 pub struct LoadedModel {
     pub weights: Weights,
     pub tokenizer: Tokenizer,
+    pub special: SpecialTokens,
 }
 
 fn candle_err(path: &Path) -> impl Fn(candle_core::Error) -> ModelError + '_ {
@@ -44,68 +44,86 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
     }
 }
 
-/// GGUF tensor name -> Hugging Face tensor name for the non-matrix tensors.
-fn hf_name_of_gguf(name: &str) -> Option<String> {
-    match name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    match tail {
-        "attn_norm.weight" => Some(format!("model.layers.{layer}.input_layernorm.weight")),
-        "ffn_norm.weight" => Some(format!(
-            "model.layers.{layer}.post_attention_layernorm.weight"
-        )),
-        _ => MatrixKind::ALL
-            .into_iter()
-            .find(|k| tail == format!("{}.weight", k.gguf_name()))
-            .map(|k| MatrixId::new(layer, k).hf_name()),
-    }
+/// The dtypes weights can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveDType {
+    F32,
+    Bf16,
+    F16,
 }
 
-/// Undoes llama.cpp's Q/K permutation: rows go from interleaved pairs back to halves.
-pub fn unpermute_qk(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let (d_out, d_in) = w.dims2()?;
-    let head_dim = d_out / n_head;
-    w.reshape((n_head, head_dim / 2, 2, d_in))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((d_out, d_in))
+impl SaveDType {
+    pub fn dtype(self) -> DType {
+        match self {
+            SaveDType::F32 => DType::F32,
+            SaveDType::Bf16 => DType::BF16,
+            SaveDType::F16 => DType::F16,
+        }
+    }
+
+    /// The name Hugging Face's `torch_dtype` uses.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            SaveDType::F32 => "float32",
+            SaveDType::Bf16 => "bfloat16",
+            SaveDType::F16 => "float16",
+        }
+    }
 }
 
 impl Weights {
-    /// Reads and dequantizes every tensor of a llama GGUF file, and its tokenizer.
+    /// Reads and dequantizes every tensor of a GGUF file of a supported family, and
+    /// its tokenizer.
     pub fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
         let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err(path))?);
         let ct = super::gguf::read_content(&mut file, path)?;
-        let config = LlamaConfig::from_gguf(&ct, path)?;
+        let meta = super::gguf::Meta::new(&ct, path);
+        let mut config = family::config_from_gguf(&meta)?;
         let tokenizer = tokenizer_from_gguf(&ct, path)?;
+        let special = SpecialTokens::from_gguf(&meta)?;
         let dev = Device::Cpu;
+        // Every tensor the decoder needs must be in the file: checked before reading
+        // any of them, so a header naming absent layers costs nothing.
+        let present: std::collections::HashSet<String> = ct
+            .tensor_infos
+            .keys()
+            .filter_map(|n| family::canonical_of_gguf(n))
+            .collect();
+        if let Some(name) = expected_shapes(&config)
+            .into_iter()
+            .map(|(n, _)| n)
+            .find(|n| !present.contains(n))
+        {
+            return Err(ModelError::MissingTensor {
+                path: path.to_path_buf(),
+                name,
+            });
+        }
+        if ct.tensor_infos.contains_key("rope_freqs.weight") {
+            let q = ct
+                .tensor(&mut file, "rope_freqs.weight", &dev)
+                .map_err(candle_err(path))?;
+            let f: Vec<f32> = q
+                .dequantize(&dev)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .map_err(candle_err(path))?;
+            config.ropes[0].freq_factors = f.into_iter().map(f64::from).collect();
+            config.validate(path)?;
+        }
         let mut tensors = BTreeMap::new();
         let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
         names.sort();
         for name in names {
-            let Some(hf) = hf_name_of_gguf(name) else {
+            let Some(canonical) = family::canonical_of_gguf(name) else {
                 tracing::debug!(tensor = name.as_str(), "ignoring GGUF tensor");
                 continue;
             };
             let q = ct.tensor(&mut file, name, &dev).map_err(candle_err(path))?;
-            let mut t = q.dequantize(&dev).map_err(candle_err(path))?;
-            if let Some(id) = MatrixId::from_hf_name(&hf) {
-                let heads = match id.kind {
-                    MatrixKind::Q => Some(config.num_attention_heads),
-                    MatrixKind::K => Some(config.num_key_value_heads),
-                    _ => None,
-                };
-                if let Some(n) = heads {
-                    t = unpermute_qk(&t, n).map_err(candle_err(path))?;
-                }
-            }
-            tensors.insert(hf, t);
+            let t = q.dequantize(&dev).map_err(candle_err(path))?;
+            let t = family::from_gguf_tensor(&config, &canonical, t).map_err(candle_err(path))?;
+            tensors.insert(canonical, t);
         }
         let weights = Weights {
             config,
@@ -113,18 +131,24 @@ impl Weights {
             source: path.to_path_buf(),
         };
         weights.check()?;
-        Ok(LoadedModel { weights, tokenizer })
+        Ok(LoadedModel {
+            weights,
+            tokenizer,
+            special,
+        })
     }
 
-    /// Reads a Hugging Face checkpoint directory: `config.json`, `tokenizer.json` and
-    /// `model.safetensors` (or the `model-*.safetensors` shards).
+    /// Reads a Hugging Face checkpoint directory: `config.json`, `tokenizer.json`
+    /// (with `tokenizer_config.json` when present) and `model.safetensors` (or the
+    /// `model-*.safetensors` shards).
     pub fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ModelError> {
-        let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
+        let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer {
             path: tok_path.clone(),
             message: e.to_string(),
         })?;
+        let special = SpecialTokens::from_hf_dir(dir, &tokenizer)?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -147,7 +171,13 @@ impl Weights {
                         name,
                     });
                 }
-                tensors.insert(name, t);
+                let Some(canonical) = family::canonical_of_hf(config.family, &name) else {
+                    tracing::debug!(tensor = name.as_str(), "ignoring tensor");
+                    continue;
+                };
+                let t =
+                    family::from_hf_tensor(config.family, &canonical, t).map_err(candle_err(f))?;
+                tensors.insert(canonical, t);
             }
         }
         let weights = Weights {
@@ -156,7 +186,11 @@ impl Weights {
             source: dir.to_path_buf(),
         };
         weights.check()?;
-        Ok(LoadedModel { weights, tokenizer })
+        Ok(LoadedModel {
+            weights,
+            tokenizer,
+            special,
+        })
     }
 
     /// Loads a `.gguf` file or a Hugging Face directory, by what `path` is.
@@ -178,35 +212,7 @@ impl Weights {
 
     /// Every tensor the forward needs is present, with the right shape, and finite.
     fn check(&self) -> Result<(), ModelError> {
-        let c = &self.config;
-        let hd = c.head_dim();
-        let mut expect: Vec<(String, Vec<usize>)> = vec![
-            (
-                "model.embed_tokens.weight".into(),
-                vec![c.vocab_size, c.hidden_size],
-            ),
-            ("model.norm.weight".into(), vec![c.hidden_size]),
-        ];
-        if !c.tie_word_embeddings {
-            expect.push(("lm_head.weight".into(), vec![c.vocab_size, c.hidden_size]));
-        }
-        for l in 0..c.num_hidden_layers {
-            expect.push((
-                format!("model.layers.{l}.input_layernorm.weight"),
-                vec![c.hidden_size],
-            ));
-            expect.push((
-                format!("model.layers.{l}.post_attention_layernorm.weight"),
-                vec![c.hidden_size],
-            ));
-            for kind in MatrixKind::ALL {
-                expect.push((
-                    MatrixId::new(l, kind).hf_name(),
-                    self.matrix_shape(kind, hd).to_vec(),
-                ));
-            }
-        }
-        for (name, shape) in expect {
+        for (name, shape) in expected_shapes(&self.config) {
             let t = self
                 .tensors
                 .get(&name)
@@ -243,17 +249,6 @@ impl Weights {
         Ok(())
     }
 
-    fn matrix_shape(&self, kind: MatrixKind, hd: usize) -> [usize; 2] {
-        let c = &self.config;
-        match kind {
-            MatrixKind::Q => [c.num_attention_heads * hd, c.hidden_size],
-            MatrixKind::K | MatrixKind::V => [c.num_key_value_heads * hd, c.hidden_size],
-            MatrixKind::O => [c.hidden_size, c.num_attention_heads * hd],
-            MatrixKind::Gate | MatrixKind::Up => [c.intermediate_size, c.hidden_size],
-            MatrixKind::Down => [c.hidden_size, c.intermediate_size],
-        }
-    }
-
     /// The same weights in another dtype (f64 for finite-difference checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Weights, ModelError> {
         let mut out = self.clone();
@@ -283,8 +278,26 @@ impl Weights {
             })
     }
 
+    /// A per-layer vector the config says the model has; `None` when it has none.
+    pub fn vector(&self, layer: usize, kind: VectorKind) -> Result<Option<&Tensor>, ModelError> {
+        if has_vector(&self.config, kind) {
+            self.get(&kind.name(layer)).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     pub fn matrix(&self, id: MatrixId) -> Result<&Tensor, ModelError> {
         self.get(&id.hf_name())
+    }
+
+    /// The LM head: its own tensor, or the embeddings when they are tied.
+    pub fn lm_head(&self) -> Result<&Tensor, ModelError> {
+        if self.config.tie_word_embeddings {
+            self.get(EMBED)
+        } else {
+            self.get(LM_HEAD)
+        }
     }
 
     /// A copy of these weights with some matrices replaced (a candidate model).
@@ -308,15 +321,73 @@ impl Weights {
         Ok(out)
     }
 
-    /// Writes the weights as one safetensors file in Hugging Face layout, with a
-    /// `config.json` beside it when `with_config` is set.
+    /// The tensors under the family's Hugging Face names and in its layout (Gemma's
+    /// norms back to `w - 1`), in `dtype`.
+    pub fn hf_tensors(&self, dtype: DType) -> Result<BTreeMap<String, Tensor>, ModelError> {
+        let family = self.config.family;
+        let mut out = BTreeMap::new();
+        for (name, t) in &self.tensors {
+            if name == LM_HEAD && self.config.tie_word_embeddings {
+                continue;
+            }
+            let t = family::to_hf_tensor(family, name, t.clone())?.to_dtype(dtype)?;
+            out.insert(family::hf_of_canonical(family, name), t);
+        }
+        Ok(out)
+    }
+
+    /// Writes the weights as one safetensors file in Hugging Face names and layout.
     pub fn save_safetensors(
         &self,
         path: &Path,
         metadata: &BTreeMap<String, String>,
+        dtype: SaveDType,
     ) -> Result<(), ModelError> {
-        save_safetensors(&self.tensors, metadata, path)
+        save_safetensors(&self.hf_tensors(dtype.dtype())?, metadata, path)
     }
+}
+
+/// Whether a model of this config has per-layer vectors of `kind`.
+pub fn has_vector(c: &ModelConfig, kind: VectorKind) -> bool {
+    match kind {
+        VectorKind::AttnNorm | VectorKind::FfnNorm => true,
+        VectorKind::AttnPostNorm | VectorKind::FfnPostNorm => c.post_norms,
+        VectorKind::QNorm | VectorKind::KNorm => c.qk_norm,
+        VectorKind::QBias | VectorKind::KBias | VectorKind::VBias => c.qkv_bias,
+    }
+}
+
+/// Length of a per-layer vector.
+pub fn vector_len(c: &ModelConfig, kind: VectorKind) -> usize {
+    match kind {
+        VectorKind::QNorm | VectorKind::KNorm => c.head_dim,
+        VectorKind::QBias => c.q_width(),
+        VectorKind::KBias | VectorKind::VBias => c.kv_width(),
+        _ => c.hidden_size,
+    }
+}
+
+/// Every tensor a model of this config needs, with its shape, in a fixed order.
+pub fn expected_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let mut expect: Vec<(String, Vec<usize>)> = vec![
+        (EMBED.into(), vec![c.vocab_size, c.hidden_size]),
+        (FINAL_NORM.into(), vec![c.hidden_size]),
+    ];
+    if !c.tie_word_embeddings {
+        expect.push((LM_HEAD.into(), vec![c.vocab_size, c.hidden_size]));
+    }
+    for l in 0..c.num_hidden_layers {
+        for kind in VectorKind::ALL {
+            if has_vector(c, kind) {
+                expect.push((kind.name(l), vec![vector_len(c, kind)]));
+            }
+        }
+        for kind in MatrixKind::ALL {
+            let (r, cc) = c.matrix_shape(kind);
+            expect.push((MatrixId::new(l, kind).hf_name(), vec![r, cc]));
+        }
+    }
+    expect
 }
 
 /// True when every value of `t` (as f32) is finite.
@@ -406,12 +477,18 @@ pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tenso
 /// Number of layers of a model file, read from its header (GGUF metadata or
 /// config.json) without loading any tensor.
 pub fn layer_count(path: &Path) -> Result<usize, ModelError> {
+    Ok(read_config(path)?.num_hidden_layers)
+}
+
+/// The config of a model file, read from its header (GGUF metadata or config.json)
+/// without loading any tensor.
+pub fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
     if path.is_dir() {
-        return Ok(LlamaConfig::from_hf_config(&path.join("config.json"))?.num_hidden_layers);
+        return ModelConfig::from_hf_config(&path.join("config.json"));
     }
     let mut file = std::fs::File::open(path).map_err(io_err(path))?;
     let ct = super::gguf::read_content(&mut file, path)?;
-    Ok(LlamaConfig::from_gguf(&ct, path)?.num_hidden_layers)
+    ModelConfig::from_gguf(&ct, path)
 }
 
 /// f32 tensors as safetensors bytes with string metadata.
@@ -442,23 +519,38 @@ fn serialize_safetensors(
     metadata: &BTreeMap<String, String>,
     path: &Path,
 ) -> Result<Vec<u8>, ModelError> {
-    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut buffers: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let t = t.to_dtype(DType::F32).map_err(candle_err(path))?;
-        let v: Vec<f32> = t
-            .flatten_all()
-            .and_then(|f| f.to_vec1())
-            .map_err(candle_err(path))?;
-        buffers.push((
-            name.clone(),
-            t.dims().to_vec(),
-            bytemuck::cast_slice(&v).to_vec(),
-        ));
+        // f32, bf16 and f16 are written as they are; anything else as f32.
+        let (dtype, bytes) = match t.dtype() {
+            DType::BF16 => (
+                safetensors::Dtype::BF16,
+                t.flatten_all()
+                    .and_then(|f| f.to_vec1::<half::bf16>())
+                    .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            ),
+            DType::F16 => (
+                safetensors::Dtype::F16,
+                t.flatten_all()
+                    .and_then(|f| f.to_vec1::<half::f16>())
+                    .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            ),
+            _ => (
+                safetensors::Dtype::F32,
+                t.to_dtype(DType::F32)
+                    .and_then(|f| f.flatten_all())
+                    .and_then(|f| f.to_vec1::<f32>())
+                    .map(|v| bytemuck::cast_slice(&v).to_vec()),
+            ),
+        };
+        let bytes = bytes.map_err(candle_err(path))?;
+        buffers.push((name.clone(), dtype, t.dims().to_vec(), bytes));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
         .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+        .map(|(n, d, s, b)| {
+            safetensors::tensor::TensorView::new(*d, s.clone(), b)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| ModelError::Format {
                     path: path.to_path_buf(),
@@ -542,35 +634,20 @@ mod tests {
     }
 
     #[test]
-    fn gguf_names_map_to_hf() {
-        assert_eq!(
-            hf_name_of_gguf("blk.3.ffn_down.weight").as_deref(),
-            Some("model.layers.3.mlp.down_proj.weight")
-        );
-        assert_eq!(
-            hf_name_of_gguf("blk.0.attn_norm.weight").as_deref(),
-            Some("model.layers.0.input_layernorm.weight")
-        );
-        assert_eq!(
-            hf_name_of_gguf("token_embd.weight").as_deref(),
-            Some("model.embed_tokens.weight")
-        );
-        assert_eq!(hf_name_of_gguf("rope_freqs.weight"), None);
-    }
-
-    #[test]
-    fn unpermute_inverts_llama_cpp_permute() -> candle_core::Result<()> {
-        // llama.cpp's convert script: w.reshape(n_head, 2, hd/2, d_in).swapaxes(1, 2).
-        let (n_head, hd, d_in) = (3, 4, 5);
-        let w = Tensor::arange(0f32, (n_head * hd * d_in) as f32, &Device::Cpu)?
-            .reshape((n_head * hd, d_in))?;
-        let permuted = w
-            .reshape((n_head, 2, hd / 2, d_in))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((n_head * hd, d_in))?;
-        let back = unpermute_qk(&permuted, n_head)?;
-        assert_eq!(back.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
-        Ok(())
+    fn half_precision_tensors_are_written_as_such() {
+        let t = Tensor::new(&[1.5f32, -2.25, 3.0], &Device::Cpu).unwrap();
+        let p = Path::new("h.safetensors");
+        for (dtype, st_dtype) in [
+            (DType::BF16, safetensors::Dtype::BF16),
+            (DType::F16, safetensors::Dtype::F16),
+            (DType::F64, safetensors::Dtype::F32),
+        ] {
+            let tensors = BTreeMap::from([("x".to_string(), t.to_dtype(dtype).unwrap())]);
+            let bytes = serialize_safetensors(&tensors, &BTreeMap::new(), p).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(st.tensor("x").unwrap().dtype(), st_dtype);
+            let back = parse_safetensors(&bytes, p).unwrap();
+            assert_eq!(back[0].1.to_vec1::<f32>().unwrap(), vec![1.5, -2.25, 3.0]);
+        }
     }
 }

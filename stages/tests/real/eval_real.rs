@@ -9,7 +9,7 @@ use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::compress::dense_with_ranks;
 use c2i_stages::data::{load, selection_samples, Example, SampleSize, SampleSpec, Task};
 use c2i_stages::eval::choice::{choice_log_probs, tree_batch};
-use c2i_stages::eval::generate::{eos_token_id, greedy_generate, greedy_generate_uncached};
+use c2i_stages::eval::generate::{greedy_generate, greedy_generate_uncached};
 use c2i_stages::eval::metrics::{classification_metrics, mean_log_loss};
 use c2i_stages::eval::{
     evaluate, first_changed_layer, EvalOptions, EvalResult, EvalSet, Forward, Prediction, Prefix,
@@ -17,7 +17,7 @@ use c2i_stages::eval::{
 };
 use c2i_stages::factor::{factor_matrix, RowMajor};
 use c2i_stages::model::{
-    Batch, Llama, LoadedModel, MatrixId, MatrixKind, Padding, Target, Weights,
+    Batch, Decoder, LoadedModel, MatrixId, MatrixKind, Padding, Target, Weights,
 };
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ use std::time::Instant;
 
 struct Fixture {
     loaded: LoadedModel,
-    base: Llama,
+    base: Decoder,
     eos: Option<u32>,
 }
 
@@ -35,8 +35,8 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let path = smollm2_gguf().expect("fetch SmolLM2");
         let loaded = Weights::load_gguf(&path).expect("load GGUF");
-        let base = Llama::new(&loaded.weights).expect("build model");
-        let eos = eos_token_id(&path).expect("read eos id");
+        let base = Decoder::new(&loaded.weights).expect("build model");
+        let eos = loaded.special.stop();
         Fixture { loaded, base, eos }
     })
 }
@@ -57,7 +57,7 @@ fn eval_rows(task: Task, all: &[Example], n: usize) -> Vec<usize> {
 }
 
 /// Summed log-probability of `cont` after `prompt`, from one unpadded forward.
-fn separate_log_prob(model: &Llama, prompt: &[u32], cont: &[u32]) -> f64 {
+fn separate_log_prob(model: &Decoder, prompt: &[u32], cont: &[u32]) -> f64 {
     let seq = [prompt, cont].concat();
     let batch = Batch::new(&[seq], Padding::Right, 0, &Device::Cpu).unwrap();
     let h = model.hidden(&batch).unwrap();
@@ -158,7 +158,7 @@ fn prefix_reuse_matches_full_forward_for_a_rank_reduced_candidate() {
     let id = MatrixId::new(25, MatrixKind::Up);
     let mut replace = BTreeMap::new();
     replace.insert(id, low_rank(&f.loaded.weights, id, 0.05));
-    let cand = Llama::with_matrices(&f.loaded.weights, &replace).unwrap();
+    let cand = Decoder::with_matrices(&f.loaded.weights, &replace).unwrap();
     let from = first_changed_layer(&replace);
     assert_eq!(from, 25);
     let opts = EvalOptions::default();
@@ -253,13 +253,13 @@ fn kernel_forward_matches_candle_forward() {
     let id = MatrixId::new(11, MatrixKind::Down);
     let mut replace = BTreeMap::new();
     replace.insert(id, low_rank(&f.loaded.weights, id, 0.1));
-    let cand = Llama::with_matrices(&f.loaded.weights, &replace).unwrap();
+    let cand = Decoder::with_matrices(&f.loaded.weights, &replace).unwrap();
     let from = first_changed_layer(&replace);
     for (task, n) in [(Task::EpistemicReasoning, 32), (Task::TruthfulQa, 16)] {
         let all = examples(task);
         let rows = eval_rows(task, &all, n);
         let set = EvalSet::from_rows(task, &all, &rows, &f.loaded.tokenizer, f.eos).unwrap();
-        let timed = |model: &Llama, prefix: Option<&Prefix>, opts: &EvalOptions| {
+        let timed = |model: &Decoder, prefix: Option<&Prefix>, opts: &EvalOptions| {
             let t = Instant::now();
             let r = evaluate(
                 model,

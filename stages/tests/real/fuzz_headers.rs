@@ -6,7 +6,7 @@
 //! The default case count keeps this at seconds; for a long session:
 //! `PROPTEST_CASES=200000 cargo test --release -p c2i-stages --test real fuzz_headers`.
 
-use c2i_stages::model::config::LlamaConfig;
+use c2i_stages::model::config::ModelConfig;
 use c2i_stages::model::gguf::read_content;
 use c2i_stages::model::tokenizer::tokenizer_from_gguf;
 use c2i_stages::model::weights::parse_safetensors;
@@ -24,7 +24,7 @@ fn load_gguf_bytes(bytes: &[u8]) -> Result<usize, String> {
     let mut cur = Cursor::new(bytes);
     let ct = read_content(&mut cur, path).map_err(|e| e.to_string())?;
     // Errors here are fine; panics are not.
-    let _ = LlamaConfig::from_gguf(&ct, path);
+    let _ = ModelConfig::from_gguf(&ct, path);
     let _ = tokenizer_from_gguf(&ct, path);
     let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
     names.sort();
@@ -118,7 +118,7 @@ fn the_tiny_gguf_is_valid_and_loads() {
     let bytes = tiny_gguf();
     assert_eq!(load_gguf_bytes(bytes), Ok(128 + 32));
     let ct = read_content(&mut Cursor::new(bytes), Path::new("t.gguf")).unwrap();
-    LlamaConfig::from_gguf(&ct, Path::new("t.gguf")).unwrap();
+    ModelConfig::from_gguf(&ct, Path::new("t.gguf")).unwrap();
     tokenizer_from_gguf(&ct, Path::new("t.gguf")).unwrap();
 }
 

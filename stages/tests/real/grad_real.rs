@@ -3,7 +3,7 @@
 
 use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::grad::{calibration_loss, gradient_pass, GradOptions};
-use c2i_stages::model::{Llama, MatrixId, MatrixKind, Weights};
+use c2i_stages::model::{Decoder, MatrixId, MatrixKind, Weights};
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -81,7 +81,7 @@ fn gradients_match_central_finite_differences_in_f64() {
         let (r, c) = w.dims2().unwrap();
         let (row, col) = (rng.random_range(0..r), rng.random_range(0..c));
         let loss_at = |delta: f64| {
-            let m = Llama::with_matrices(
+            let m = Decoder::with_matrices(
                 &w64,
                 &BTreeMap::from([(*id, perturbed(w, row, col, delta))]),
             )

@@ -6,6 +6,7 @@ mod common;
 mod data_real;
 mod eval_real;
 mod factor_real;
+mod families;
 mod fuzz_headers;
 mod grad_real;
 mod model_real;

@@ -2,15 +2,14 @@
 //! real SmolLM2-135M-Instruct GGUF (fetched by the test if absent).
 
 use c2i_stages::assets::smollm2_gguf;
-use c2i_stages::model::llama::max_abs_diff;
+use c2i_stages::model::decoder::max_abs_diff;
 use c2i_stages::model::tokenizer::encode;
-use c2i_stages::model::{Batch, Llama, Padding, Weights};
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use c2i_stages::model::{Batch, Decoder, Padding, Weights};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, IndexOp, Tensor, D};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
-/// The opening of the US Declaration of Independence (public domain).
-const PARAGRAPH: &str = "When in the Course of human events, it becomes necessary for one people to dissolve the political bands which have connected them with another, and to assume among the powers of the earth, the separate and equal station to which the Laws of Nature and of Nature's God entitle them, a decent respect to the opinions of mankind requires that they should declare the causes which impel them to the separation. We hold these truths to be self-evident, that all men are created equal, that they are endowed by their Creator with certain unalienable Rights, that among these are Life, Liberty and the pursuit of Happiness.";
+use crate::common::PARAGRAPH;
 
 /// Per-position log-softmax rows from the reference, fed one token at a time.
 fn reference_log_probs(model: &mut ModelWeights, ids: &[u32]) -> Vec<Tensor> {
@@ -25,7 +24,7 @@ fn reference_log_probs(model: &mut ModelWeights, ids: &[u32]) -> Vec<Tensor> {
         .collect()
 }
 
-fn perplexity(rows: &[Tensor], ids: &[u32]) -> f64 {
+pub(crate) fn perplexity(rows: &[Tensor], ids: &[u32]) -> f64 {
     let mut nll = 0f64;
     for (i, row) in rows.iter().enumerate().take(ids.len() - 1) {
         nll -= row
@@ -37,7 +36,7 @@ fn perplexity(rows: &[Tensor], ids: &[u32]) -> f64 {
     (nll / (ids.len() - 1) as f64).exp()
 }
 
-fn ours_log_probs(model: &Llama, ids: &[u32]) -> Vec<Tensor> {
+pub(crate) fn ours_log_probs(model: &Decoder, ids: &[u32]) -> Vec<Tensor> {
     let batch = Batch::new(&[ids.to_vec()], Padding::Right, 0, &Device::Cpu).unwrap();
     let logits = model.logits(&batch).unwrap().squeeze(0).unwrap();
     let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
@@ -50,7 +49,7 @@ fn perplexity_matches_quantized_reference_and_logits_match_f32_reference() {
     let loaded = Weights::load_gguf(&path).expect("load GGUF");
     let ids = encode(&loaded.tokenizer, PARAGRAPH).unwrap();
     assert!(ids.len() > 100, "{} tokens", ids.len());
-    let ours = Llama::new(&loaded.weights).unwrap();
+    let ours = Decoder::new(&loaded.weights).unwrap();
     let ours_rows = ours_log_probs(&ours, &ids);
     let ppl_ours = perplexity(&ours_rows, &ids);
 
@@ -69,27 +68,8 @@ fn perplexity_matches_quantized_reference_and_logits_match_f32_reference() {
 
     // 2. The same reference code on exactly our weights: every tensor dequantized and
     //    stored as F32 in a GGUF (still in GGUF's permuted Q/K layout).
-    let mut f = std::fs::File::open(&path).unwrap();
-    let ct = gguf_file::Content::read(&mut f).unwrap();
-    let mut qts = Vec::new();
-    let mut names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
-    names.sort();
-    for name in &names {
-        let t = ct
-            .tensor(&mut f, name, &Device::Cpu)
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap();
-        qts.push((name.clone(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
-    }
-    let meta: Vec<(&str, &gguf_file::Value)> =
-        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = qts.iter().map(|(n, q)| (n.as_str(), q)).collect();
     let dir = tempfile::tempdir().unwrap();
-    let f32_path = dir.path().join("smollm2-f32.gguf");
-    let mut out = std::fs::File::create(&f32_path).unwrap();
-    gguf_file::write(&mut out, &meta, &tensors).unwrap();
-    drop(out);
+    let f32_path = crate::common::f32_gguf(&path, dir.path());
     let mut f = std::fs::File::open(&f32_path).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
     let mut reference = ModelWeights::from_gguf(ct, &mut f, &Device::Cpu).unwrap();
@@ -107,7 +87,7 @@ fn perplexity_matches_quantized_reference_and_logits_match_f32_reference() {
 fn padding_left_or_right_gives_the_same_log_probs() {
     let path = smollm2_gguf().expect("fetch SmolLM2");
     let loaded = Weights::load_gguf(&path).unwrap();
-    let model = Llama::new(&loaded.weights).unwrap();
+    let model = Decoder::new(&loaded.weights).unwrap();
     let texts = [
         "The capital of France is",
         "Premise: Anna knows that the cat is asleep. Hypothesis: The cat is asleep.\nRelation:",

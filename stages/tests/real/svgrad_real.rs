@@ -6,7 +6,7 @@ use crate::common::wikidata_samples;
 use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::factor::{factor_matrix, RowMajor};
 use c2i_stages::grad::{calibration_loss, gradient_pass, GradOptions};
-use c2i_stages::model::{Llama, MatrixId, MatrixKind, Weights};
+use c2i_stages::model::{Decoder, MatrixId, MatrixKind, Weights};
 use c2i_stages::score::{sv_grads, Components};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
@@ -73,7 +73,7 @@ fn singular_value_gradients_match_finite_differences_of_the_loss() {
                     }
                 }
                 let t = Tensor::from_vec(wp, (rows, cols), &Device::Cpu).unwrap();
-                let m = Llama::with_matrices(&w64, &BTreeMap::from([(id, t)])).unwrap();
+                let m = Decoder::with_matrices(&w64, &BTreeMap::from([(id, t)])).unwrap();
                 calibration_loss(&m, &samples, &opts).unwrap()
             };
             let fd = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps);

@@ -5,7 +5,9 @@
 //! head) stacks the `heads/kv_heads` query heads that share the KV head into one
 //! `(rep·len, hd)` matrix, so each step is a single GEMM. The backward recomputes the
 //! probabilities from Q and K instead of keeping them (they grow with len²), and can
-//! recompute the attention output on the way.
+//! recompute the attention output on the way. Scores are scaled by [`Heads::scale`]
+//! and, with a window `w`, a query sees only itself and the `w - 1` keys before it
+//! (key index = position in every layout that uses these kernels).
 
 use super::gemm::{gemm_seq, View, ViewMut};
 use super::real::{dispatch, dot, Real};
@@ -39,20 +41,36 @@ impl SeqRows {
     }
 }
 
-/// Head counts and size.
+/// Head counts and size, the score scale, and the window of the layer.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
     pub q: usize,
     pub kv: usize,
     pub dim: usize,
+    /// Scores are multiplied by this (usually 1/√dim).
+    pub scale: f64,
+    /// A query sees itself and the `window - 1` keys before it; `None`: every key
+    /// before it.
+    pub window: Option<usize>,
 }
 
 impl Heads {
+    /// Plain causal attention scaled by 1/√dim.
+    pub fn causal(q: usize, kv: usize, dim: usize) -> Heads {
+        Heads {
+            q,
+            kv,
+            dim,
+            scale: 1.0 / (dim as f64).sqrt(),
+            window: None,
+        }
+    }
+
     fn rep(&self) -> usize {
         self.q / self.kv
     }
     fn scale<T: Real>(&self) -> T {
-        T::lit(1.0 / (self.dim as f64).sqrt())
+        T::lit(self.scale)
     }
 }
 
@@ -89,14 +107,25 @@ fn scatter<T: Real>(src: &[T], s: SeqRows, g: usize, h: Heads, dst: ViewMut<T>) 
 }
 
 /// Scaled causal softmax of the `(rep·nq, len)` scores in place: row `r·nq + i` is the
-/// query at position `q_first + i` and keeps keys `0..=q_first + i`; later keys get
-/// probability 0.
-fn causal_softmax<T: Real>(s: &mut [T], len: usize, q_first: usize, scale: T) {
+/// query at position `i' = q_first + i` and keeps keys `i' + 1 - window ..= i'` (all of
+/// `0..=i'` without a window); other keys get probability 0.
+fn causal_softmax<T: Real>(
+    s: &mut [T],
+    len: usize,
+    q_first: usize,
+    scale: T,
+    window: Option<usize>,
+) {
     let nq = len - q_first;
     dispatch!({
         for (ri, row) in s.chunks_exact_mut(len).enumerate() {
             let i = q_first + ri % nq;
-            let (live, dead) = row.split_at_mut(i + 1);
+            let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
+            let (row, dead) = row.split_at_mut(i + 1);
+            let (early, live) = row.split_at_mut(lo);
+            for v in early.iter_mut() {
+                *v = T::zero_();
+            }
             let mut m = live[0] * scale;
             for v in live.iter_mut() {
                 *v *= scale;
@@ -138,7 +167,7 @@ fn probabilities<T: Real>(
         View::new(qs, m, hd),
         kg.t(),
     );
-    causal_softmax(p, s.len, s.q_first, h.scale());
+    causal_softmax(p, s.len, s.q_first, h.scale(), h.window);
 }
 
 /// Attention output `y = softmax(q·kᵀ/√hd + causal)·v` for every sequence and head,
@@ -274,11 +303,13 @@ mod tests {
         let (_, _, t, hd) = q.dims4().unwrap();
         let rep = h.rep();
         let q = q.reshape((1, h.kv, rep * t, hd)).unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() * (1.0 / (hd as f64).sqrt())).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * h.scale).unwrap();
         let mut bias = vec![-1e9f64; t * t];
         for i in 0..t {
             for j in 0..=i {
-                bias[i * t + j] = 0.0;
+                if h.window.is_none_or(|w| i - j < w) {
+                    bias[i * t + j] = 0.0;
+                }
             }
         }
         let bias = Tensor::from_vec(bias, (1, 1, 1, t, t), q.device())
@@ -299,11 +330,10 @@ mod tests {
     /// Our kernels on packed sequences against `plain` per sequence. With `suffix`, only
     /// the last `suffix` positions of each sequence query (others get dy = 0 in the
     /// reference).
-    fn check<T: Real>(tol: f64, suffix: Option<usize>) {
+    fn check<T: Real>(tol: f64, suffix: Option<usize>, window: Option<usize>) {
         let h = Heads {
-            q: 6,
-            kv: 2,
-            dim: 8,
+            window,
+            ..Heads::causal(6, 2, 8)
         };
         let lens = [5usize, 1, 9];
         let mut seqs = Vec::new();
@@ -425,17 +455,27 @@ mod tests {
 
     #[test]
     fn attention_matches_plain_ops_f32() {
-        check::<f32>(1e-5, None);
+        check::<f32>(1e-5, None, None);
     }
 
     #[test]
     fn attention_matches_plain_ops_f64() {
-        check::<f64>(1e-12, None);
+        check::<f64>(1e-12, None, None);
     }
 
     #[test]
     fn attention_on_a_query_suffix_matches_plain_ops() {
-        check::<f64>(1e-12, Some(3));
-        check::<f32>(1e-5, Some(2));
+        check::<f64>(1e-12, Some(3), None);
+        check::<f32>(1e-5, Some(2), None);
+    }
+
+    #[test]
+    fn windowed_attention_matches_plain_ops() {
+        // Windows shorter than, equal to and longer than the sequences (1, 5 and 9).
+        for w in [1, 3, 5, 20] {
+            check::<f64>(1e-12, None, Some(w));
+            check::<f64>(1e-12, Some(3), Some(w));
+        }
+        check::<f32>(1e-5, None, Some(2));
     }
 }

@@ -1,8 +1,9 @@
-//! Fused row-wise kernels with their backward: RMSNorm, rotary embedding, SiLU·up, and
-//! log-softmax with the NLL gradient. All take row-major slices and run in parallel over
-//! blocks of rows.
+//! Fused row-wise kernels with their backward: RMSNorm, rotary embedding, the gated
+//! activations (SiLU·up, tanh-GELU·up), bias rows, and log-softmax with the NLL
+//! gradient. All take row-major slices and run in parallel over blocks of rows.
 
 use super::real::{dispatch, dot, Real};
+use crate::model::config::Activation;
 use rayon::prelude::*;
 
 /// Rows per rayon task for rows of width `d` (about 16k elements a task).
@@ -105,23 +106,6 @@ pub fn rms_norm_backward<T: Real>(
         });
 }
 
-/// Cosine and sine tables of the rotary embedding, `positions x head_dim/2`, computed in
-/// f64 exactly as [`crate::model::llama`] does.
-pub fn rope_table(theta: f64, head_dim: usize, positions: usize) -> (Vec<f64>, Vec<f64>) {
-    let half = head_dim / 2;
-    let mut cos = Vec::with_capacity(positions * half);
-    let mut sin = Vec::with_capacity(positions * half);
-    for p in 0..positions {
-        for i in 0..half {
-            let inv = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
-            let a = p as f64 * inv;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
-    }
-    (cos, sin)
-}
-
 /// Rotary embedding in place (Hugging Face's half-split layout) on rows of `heads·hd`
 /// values, row `i` at position `pos[i]`; `cos`/`sin` are `positions x hd/2` tables.
 /// `inverse` applies the transpose rotation (the backward).
@@ -168,8 +152,20 @@ fn sigmoid<T: Real>(x: T) -> T {
     T::lit(1.0) / (T::lit(1.0) + (T::zero_() - x).exp_())
 }
 
-/// SiLU·up forward: `a = g·σ(g)·u`.
-pub fn swiglu<T: Real>(g: &[T], u: &[T], a: &mut [T]) {
+/// √(2/π), for the tanh approximation of GELU.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+const GELU_A: f64 = 0.044715;
+
+/// tanh through the vectorisable exp: 1 − 2/(e^{2x} + 1).
+#[inline(always)]
+fn tanh<T: Real>(x: T) -> T {
+    let one = T::lit(1.0);
+    one - T::lit(2.0) / ((x + x).exp_() + one)
+}
+
+/// Gated activation forward: `a = act(g)·u`, with `act` SiLU (`g·σ(g)`) or the tanh
+/// approximation of GELU (`g/2·(1 + tanh(√(2/π)(g + 0.044715 g³)))`).
+pub fn gated<T: Real>(act: Activation, g: &[T], u: &[T], a: &mut [T]) {
     assert!(g.len() == u.len() && a.len() == g.len());
     let b = 16384;
     a.par_chunks_mut(b)
@@ -177,15 +173,28 @@ pub fn swiglu<T: Real>(g: &[T], u: &[T], a: &mut [T]) {
         .zip(u.par_chunks(b))
         .for_each(|((a, g), u)| {
             dispatch!({
-                for i in 0..a.len() {
-                    a[i] = g[i] * sigmoid(g[i]) * u[i];
+                match act {
+                    Activation::Silu => {
+                        for i in 0..a.len() {
+                            a[i] = g[i] * sigmoid(g[i]) * u[i];
+                        }
+                    }
+                    Activation::GeluTanh => {
+                        let (half, c, k) = (T::lit(0.5), T::lit(GELU_C), T::lit(GELU_A));
+                        for i in 0..a.len() {
+                            let x = g[i];
+                            let t = tanh(c * (x + k * x * x * x));
+                            a[i] = half * x * (T::lit(1.0) + t) * u[i];
+                        }
+                    }
                 }
             })
         });
 }
 
-/// SiLU·up backward in place: given `da`, overwrites `g` with dL/dg and `u` with dL/du.
-pub fn swiglu_backward<T: Real>(g: &mut [T], u: &mut [T], da: &[T]) {
+/// Gated activation backward in place: given `da`, overwrites `g` with dL/dg and `u`
+/// with dL/du.
+pub fn gated_backward<T: Real>(act: Activation, g: &mut [T], u: &mut [T], da: &[T]) {
     assert!(g.len() == u.len() && da.len() == g.len());
     let b = 16384;
     g.par_chunks_mut(b)
@@ -194,14 +203,57 @@ pub fn swiglu_backward<T: Real>(g: &mut [T], u: &mut [T], da: &[T]) {
         .for_each(|((g, u), da)| {
             dispatch!({
                 let one = T::lit(1.0);
-                for i in 0..g.len() {
-                    let (x, up, d) = (g[i], u[i], da[i]);
-                    let s = sigmoid(x);
-                    u[i] = d * x * s;
-                    g[i] = d * up * s * (one + x * (one - s));
+                match act {
+                    Activation::Silu => {
+                        for i in 0..g.len() {
+                            let (x, up, d) = (g[i], u[i], da[i]);
+                            let s = sigmoid(x);
+                            u[i] = d * x * s;
+                            g[i] = d * up * s * (one + x * (one - s));
+                        }
+                    }
+                    Activation::GeluTanh => {
+                        let (half, c, k) = (T::lit(0.5), T::lit(GELU_C), T::lit(GELU_A));
+                        for i in 0..g.len() {
+                            let (x, up, d) = (g[i], u[i], da[i]);
+                            let t = tanh(c * (x + k * x * x * x));
+                            let act = half * x * (one + t);
+                            let dt = c * (one + T::lit(3.0) * k * x * x);
+                            let dact = half * (one + t) + half * x * (one - t * t) * dt;
+                            u[i] = d * act;
+                            g[i] = d * up * dact;
+                        }
+                    }
                 }
             })
         });
+}
+
+/// Adds `bias` to every row of `y` (rows of `bias.len()` values).
+pub fn add_bias<T: Real>(y: &mut [T], bias: &[T]) {
+    let w = bias.len();
+    assert!(w > 0 && y.len().is_multiple_of(w));
+    let br = block_rows(w);
+    y.par_chunks_mut(br * w).for_each(|rows| {
+        dispatch!({
+            for row in rows.chunks_exact_mut(w) {
+                for i in 0..w {
+                    row[i] += bias[i];
+                }
+            }
+        })
+    });
+}
+
+/// Multiplies every value by `k`.
+pub fn scale<T: Real>(x: &mut [T], k: T) {
+    x.par_chunks_mut(16384).for_each(|c| {
+        dispatch!({
+            for v in c.iter_mut() {
+                *v *= k;
+            }
+        })
+    });
 }
 
 /// For one row of logits: returns log softmax(row)[target] and overwrites the row with
@@ -241,7 +293,8 @@ pub fn log_softmax_nll_grad<T: Real>(row: &mut [T], target: usize, scale: T) -> 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::llama;
+    use crate::model::config::Rope;
+    use crate::model::decoder;
     use crate::model::ops::test_flat as flat;
     use candle_core::{Device, Tensor, Var, D};
 
@@ -278,7 +331,7 @@ pub(crate) mod tests {
         v.iter().map(|x| x.to_f64()).collect()
     }
 
-    /// RMSNorm forward and backward against `llama::rms_norm` and candle's autograd.
+    /// RMSNorm forward and backward against `decoder::rms_norm` and candle's autograd.
     fn check_rms_norm<T: Real>(tol: f64) {
         let (rows, d) = (37, 96);
         let x = rand_vec(rows * d, 1);
@@ -301,7 +354,7 @@ pub(crate) mod tests {
             .unwrap()
             .to_dtype(T::DTYPE)
             .unwrap();
-        let y = llama::rms_norm(xv.as_tensor(), &wt, eps).unwrap();
+        let y = decoder::rms_norm(xv.as_tensor(), &wt, eps).unwrap();
         let g = (&y * &dyt).unwrap().sum_all().unwrap().backward().unwrap();
         let want_dx = flat(g.get(xv.as_tensor()).unwrap());
 
@@ -331,11 +384,11 @@ pub(crate) mod tests {
         check_rms_norm::<f64>(1e-12);
     }
 
-    /// Rotary embedding against `llama::rope` (forward and autograd backward).
+    /// Rotary embedding against `decoder::rope` (forward and autograd backward).
     fn check_rope<T: Real>(tol: f64) {
         let (t, heads, hd) = (11, 3, 16);
         let dev = Device::Cpu;
-        let (cos, sin) = rope_table(10000.0, hd, 64);
+        let (cos, sin) = Rope::plain(10000.0).table(hd, 64);
         let pos: Vec<u32> = (0..t as u32).map(|i| (i * 5) % 64).collect();
         let x = rand_vec(t * heads * hd, 4);
         let dy = rand_vec(t * heads * hd, 5);
@@ -370,7 +423,7 @@ pub(crate) mod tests {
             .unwrap()
             .contiguous()
             .unwrap();
-        let y = llama::rope(xv.as_tensor(), &ct, &st).unwrap();
+        let y = decoder::rope(xv.as_tensor(), &ct, &st).unwrap();
         let g = (&y * &dyt).unwrap().sum_all().unwrap().backward().unwrap();
         let packed = |t: &Tensor| flat(&t.transpose(1, 2).unwrap().contiguous().unwrap());
         let want_y = packed(&y);
@@ -395,8 +448,9 @@ pub(crate) mod tests {
         check_rope::<f64>(1e-14);
     }
 
-    /// SiLU·up against candle's `silu() * up` and its autograd.
-    fn check_swiglu<T: Real>(tol: f64) {
+    /// act·up against candle's `silu()` / `gelu()` (tanh approximation) times up, and
+    /// its autograd.
+    fn check_gated<T: Real>(act: Activation, tol: f64) {
         let n = 5000;
         let dev = Device::Cpu;
         let g: Vec<f64> = rand_vec(n, 6).iter().map(|v| 12.0 * v).collect();
@@ -410,7 +464,11 @@ pub(crate) mod tests {
         };
         let gv = Var::from_tensor(&mk(&g)).unwrap();
         let uv = Var::from_tensor(&mk(&u)).unwrap();
-        let a = (gv.as_tensor().silu().unwrap() * uv.as_tensor()).unwrap();
+        let ga = match act {
+            Activation::Silu => gv.as_tensor().silu().unwrap(),
+            Activation::GeluTanh => gv.as_tensor().gelu().unwrap(),
+        };
+        let a = (ga * uv.as_tensor()).unwrap();
         let grads = (&a * &mk(&da))
             .unwrap()
             .sum_all()
@@ -419,31 +477,78 @@ pub(crate) mod tests {
             .unwrap();
         let (mut gs, mut us) = (to_t::<T>(&g), to_t::<T>(&u));
         let mut out = vec![T::zero_(); n];
-        swiglu(&gs, &us, &mut out);
-        close(&back(&out), &flat(&a), tol, "swiglu forward");
-        swiglu_backward(&mut gs, &mut us, &to_t::<T>(&da));
+        gated(act, &gs, &us, &mut out);
+        close(&back(&out), &flat(&a), tol, "gated forward");
+        gated_backward(act, &mut gs, &mut us, &to_t::<T>(&da));
         close(
             &back(&gs),
             &flat(grads.get(gv.as_tensor()).unwrap()),
             tol,
-            "swiglu backward (gate)",
+            "gated backward (gate)",
         );
         close(
             &back(&us),
             &flat(grads.get(uv.as_tensor()).unwrap()),
             tol,
-            "swiglu backward (up)",
+            "gated backward (up)",
         );
     }
 
     #[test]
-    fn swiglu_matches_plain_ops_f32() {
-        check_swiglu::<f32>(2e-6);
+    fn gated_activations_match_plain_ops_f32() {
+        check_gated::<f32>(Activation::Silu, 2e-6);
+        check_gated::<f32>(Activation::GeluTanh, 2e-6);
     }
 
     #[test]
-    fn swiglu_matches_plain_ops_f64() {
-        check_swiglu::<f64>(1e-13);
+    fn gated_activations_match_plain_ops_f64() {
+        check_gated::<f64>(Activation::Silu, 1e-13);
+        // candle's gelu backward rounds its constants to six digits.
+        check_gated::<f64>(Activation::GeluTanh, 1e-6);
+    }
+
+    #[test]
+    fn gated_backward_matches_central_differences() {
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let g: Vec<f64> = rand_vec(200, 21).iter().map(|v| 6.0 * v).collect();
+            let u = rand_vec(200, 22);
+            let da = rand_vec(200, 23);
+            let (mut dg, mut du) = (g.clone(), u.clone());
+            gated_backward(act, &mut dg, &mut du, &da);
+            let f = |g: &[f64], u: &[f64]| {
+                let mut a = vec![0.0; g.len()];
+                gated(act, g, u, &mut a);
+                a.iter().zip(&da).map(|(x, y)| x * y).sum::<f64>()
+            };
+            let eps = 1e-6;
+            for i in (0..200).step_by(7) {
+                let (mut gp, mut gm) = (g.clone(), g.clone());
+                gp[i] += eps;
+                gm[i] -= eps;
+                let fd = (f(&gp, &u) - f(&gm, &u)) / (2.0 * eps);
+                assert!(
+                    (dg[i] - fd).abs() < 1e-8 * fd.abs().max(1.0),
+                    "{act:?} g[{i}]"
+                );
+                let (mut up, mut um) = (u.clone(), u.clone());
+                up[i] += eps;
+                um[i] -= eps;
+                let fd = (f(&g, &up) - f(&g, &um)) / (2.0 * eps);
+                assert!(
+                    (du[i] - fd).abs() < 1e-8 * fd.abs().max(1.0),
+                    "{act:?} u[{i}]"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bias_rows_and_scaling() {
+        let mut y = vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0];
+        add_bias(&mut y, &[10.0, 20.0, 30.0]);
+        assert_eq!(y, vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
+        scale(&mut y, 0.5);
+        assert_eq!(y, vec![5.5, 11.0, 16.5, 7.0, 12.5, 18.0]);
     }
 
     fn check_log_softmax<T: Real>(tol: f64) {

@@ -1,14 +1,15 @@
-//! Hand-written CPU kernels for the llama forward and backward, and the gradient pass
-//! built on them.
+//! Hand-written CPU kernels for the one decoder's forward and backward, and the
+//! gradient pass and answer-tree forward built on them.
 //!
 //! candle's autograd keeps every intermediate tensor of a forward alive until the
 //! backward ends, computes gradients nobody asked for (both sides of every matmul, the
 //! embedding and the LM head), and runs most elementwise ops on one thread. The pass in
-//! [`llama_grad`] instead walks the layers by hand: token rows are packed without padding,
+//! [`decoder`] instead walks the layers by hand: token rows are packed without padding,
 //! each layer saves only what its backward needs (its input, Q, K, V, the attention
-//! output, the mid-layer residual, and the MLP's gate and up projections), weight
-//! gradients are accumulated in place by the GEMM, and the elementwise work (RMSNorm,
-//! rotary embedding, causal softmax, SiLU·up) is fused and parallel over rows.
+//! output, the mid-layer residual, the MLP's gate and up projections, and the inputs of
+//! the norms some families add), weight gradients are accumulated in place by the GEMM,
+//! and the elementwise work (RMSNorm, rotary embedding, causal and windowed softmax,
+//! the gated activations) is fused and parallel over rows.
 //!
 //! Everything is generic over [`Real`] (f32 and f64), so the f64 finite-difference test
 //! checks the same code that runs in f32. Each kernel is tested against the plain candle
@@ -16,10 +17,10 @@
 
 pub mod alloc;
 pub mod attention;
+pub mod decoder;
 pub mod gemm;
 pub mod kernels;
 pub mod linear;
-pub mod llama_grad;
 pub mod real;
 pub mod tree;
 

@@ -1,5 +1,6 @@
-//! The llama layers forward only, on packed choice trees: what the evaluator runs to
-//! score the answer choices of a classification task.
+//! The decoder's layers forward only ([`super::decoder::layer_forward`]), on packed
+//! choice trees: what the evaluator runs to score the answer choices of a
+//! classification task.
 //!
 //! A tree is one sample laid out as `[prompt | choice 0 | choice 1 | ...]`, packed row
 //! after row with the other samples' trees and no padding (the layout of
@@ -14,10 +15,11 @@
 //! the prompt's rows per choice: `2 · kv_heads · head_dim` = 384 floats per prompt token
 //! and choice for SmolLM2, against about 7 MFLOP per token in the layer's products), and
 //! the prompt is one more sequence over the first choice's block, querying all its rows.
+//! In a gathered block the key index is the position, so sliding windows hold as they
+//! are.
 
-use super::attention::{attention_forward, SeqRows};
-use super::kernels::{rms_norm, rope, swiglu};
-use super::llama_grad::{gather_rows, linear, zeros, Dims, LayerWeights, ModelWeights, RopeTable};
+use super::attention::SeqRows;
+use super::decoder::{layer_forward, Dims, KvRows, ModelWeights, QuerySide, RopeTables};
 use super::Real;
 use crate::model::ModelError;
 use std::ops::Range;
@@ -93,7 +95,7 @@ pub fn tree_layers<T: Real>(
     layout: &TreeLayout,
     mut h: Vec<T>,
     range: Range<usize>,
-    rope_t: &RopeTable<T>,
+    ropes: &RopeTables<T>,
 ) -> Result<Vec<T>, ModelError> {
     let dm = Dims::new(&m.config);
     if h.len() != layout.rows * dm.d {
@@ -110,56 +112,33 @@ pub fn tree_layers<T: Real>(
             m.layers.len()
         )));
     }
-    if rope_t.cos.len() < layout.positions() * (dm.heads.dim / 2) {
+    if ropes.positions() < layout.positions() {
         return Err(ModelError::Input(
-            "tree forward: the rope table is shorter than the trees".into(),
+            "tree forward: the rope tables are shorter than the trees".into(),
         ));
     }
-    for w in &m.layers[range] {
-        h = layer(w, &dm, h, layout, rope_t);
+    let qs = QuerySide {
+        rows: None,
+        seqs: layout.seqs.clone(),
+        pos: layout.pos.clone(),
+    };
+    for l in range {
+        let spec = m.config.layers[l];
+        let kv = KvRows::Gather(&layout.kv_rows);
+        h = layer_forward(
+            &m.layers[l],
+            &dm,
+            spec,
+            h,
+            &layout.pos,
+            &qs,
+            kv,
+            ropes,
+            false,
+        )
+        .0;
     }
     Ok(h)
-}
-
-/// One layer forward on all rows.
-fn layer<T: Real>(
-    w: &LayerWeights<'_, T>,
-    dm: &Dims,
-    h: Vec<T>,
-    t: &TreeLayout,
-    rope_t: &RopeTable<T>,
-) -> Vec<T> {
-    let n = t.rows;
-    let (d, qw, kw, im, hd) = (dm.d, dm.qw, dm.kw, dm.im, dm.heads.dim);
-    let mut x = zeros::<T>(n * d);
-    let mut r = zeros::<T>(n);
-    rms_norm(&h, w.input_norm, dm.eps, &mut x, &mut r);
-    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
-    linear(&mut x, &w.q, qw, d, &mut q, false);
-    linear(&mut x, &w.k, kw, d, &mut k, false);
-    linear(&mut x, &w.v, kw, d, &mut v, false);
-    rope(&mut q, hd, qw, &t.pos, &rope_t.cos, &rope_t.sin, false);
-    rope(&mut k, hd, kw, &t.pos, &rope_t.cos, &rope_t.sin, false);
-    let kg = gather_rows(&k, kw, &t.kv_rows);
-    let vg = gather_rows(&v, kw, &t.kv_rows);
-    drop((k, v));
-    let mut y = zeros::<T>(n * qw);
-    attention_forward(&q, &kg, &vg, &mut y, &t.seqs, dm.heads);
-    drop((q, kg, vg));
-    let mut hmid = h;
-    linear(&mut y, &w.o, d, qw, &mut hmid, true);
-    drop(y);
-    rms_norm(&hmid, w.post_norm, dm.eps, &mut x, &mut r);
-    let (mut g, mut u) = (Vec::new(), Vec::new());
-    linear(&mut x, &w.gate, im, d, &mut g, false);
-    linear(&mut x, &w.up, im, d, &mut u, false);
-    drop(x);
-    let mut a = zeros::<T>(n * im);
-    swiglu(&g, &u, &mut a);
-    drop((g, u));
-    let mut out = hmid;
-    linear(&mut a, &w.down, d, im, &mut out, true);
-    out
 }
 
 #[cfg(test)]
