@@ -270,4 +270,51 @@ fn pool_and_slurm_find_the_local_figures_and_slurm_survives_faults() {
     );
     let l: Value = serde_json::from_slice(&ls.stdout).unwrap();
     assert_eq!(l["entry_count"], 0, "{l}");
+
+    // --- an interrupted coordinator cancels its jobs ---
+    let ip = write(
+        &tmp.path().join("interrupt"),
+        &fixture::text(
+            &format!(
+                "remote = \"{}\"",
+                tmp.path().join("interrupt/remote").display()
+            ),
+            "[run.slurm]\npoll_secs = 0.2",
+        ),
+    );
+    let mut cmd = run(
+        &ip,
+        &tmp.path().join("interrupt/cache"),
+        &["--executor", "slurm"],
+    );
+    cmd.envs(cluster.env()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    wait_for_log(&tmp.path().join("interrupt/out/slurm"), "worker pid", 120)
+        .expect("no task started");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted: cancelled Slurm job"), "{err}");
+    let t = Instant::now();
+    while !cluster.running().is_empty() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        cluster.running().is_empty(),
+        "still running: {:?}",
+        cluster.running()
+    );
+
+    // --- a cache the nodes cannot reach is refused ---
+    let mut cmd = run(&p, &tmp.path().join("local-only"), &["--executor", "slurm"]);
+    cmd.envs(cluster.env());
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs a cache its workers can reach"), "{err}");
 }
