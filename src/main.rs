@@ -45,6 +45,8 @@ enum Command {
     Gpu(commands::gpu::Args),
     /// Check a task file and its rows without a model (`c2i task check TASK.toml`).
     Task(commands::task::Args),
+    /// Compute stage instances from their keys (what the pool and slurm executors run).
+    Worker(commands::worker::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,15 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         json: cli.json,
     };
+    if let Command::Worker(a) = cli.command {
+        return match commands::worker::run(a, &out) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.command {
         Command::Fetch(a) => commands::fetch::run(a, &out),
         Command::ExportGrads(a) => commands::export_grads::run(a, &out),
@@ -74,6 +85,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "cuda")]
         Command::Gpu(a) => commands::gpu::run(a, &out),
         Command::Task(a) => commands::task::run(a, &out),
+        Command::Worker(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,6 +54,16 @@ pub enum CacheError {
         actual: u64,
     },
 
+    /// A downloaded blob ran past the size its entry declares; the download was cut
+    /// off there.
+    #[error("blob {path} has more than the {expected} bytes its entry declares; the download was cut off there")]
+    BlobTooLong {
+        /// The remote object.
+        path: PathBuf,
+        /// The size the entry names.
+        expected: u64,
+    },
+
     /// A blob that was asked for is not in the store.
     #[error("blob {digest} is not in the store (expected at {path})")]
     MissingBlob {
@@ -135,6 +145,33 @@ pub enum CacheError {
         reason: String,
     },
 
+    /// A directory that is not a c2i cache was given where one was expected.
+    #[error("{path} is not a c2i cache ({reason}); refusing to use it (point --cache at a c2i cache directory, or at a new or empty one)")]
+    NotACache {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+
+    /// A file or object larger than what may be read.
+    #[error("{path} has more than {limit} bytes, the most that is read for it")]
+    TooLarge {
+        /// The file or object.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// A signing key could not be made, read or used.
+    #[error("signing key {what}: {reason}")]
+    Signing {
+        /// The key file (or what was being made).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A remote backend failed.
     #[error("remote {backend}: cannot {op}: {reason}")]
     Remote {
@@ -165,6 +202,7 @@ impl CacheError {
             self,
             CacheError::CorruptBlob { .. }
                 | CacheError::BlobSize { .. }
+                | CacheError::BlobTooLong { .. }
                 | CacheError::CorruptEntry { .. }
         )
     }

@@ -90,6 +90,8 @@ pub struct GcReport {
     pub removed_blobs: Vec<BlobRef>,
     /// Removed temporary files of interrupted writes.
     pub removed_temp_files: Vec<PathBuf>,
+    /// Removed descriptions of actions that have no entry.
+    pub removed_descriptions: u64,
     /// Bytes of the removed blobs.
     pub freed_bytes: u64,
     /// Entries left.
@@ -243,6 +245,21 @@ impl Store {
                     fsutil::remove_if_present(&f.path)?;
                 }
                 report.removed_temp_files.push(f.path);
+            }
+        }
+        // Descriptions of actions with no entry (removed above, or never computed),
+        // once older than the grace period (a description is written before its
+        // action runs).
+        for f in walk_fanout(&self.descriptions_dir())? {
+            let orphan = match f.id {
+                Some(id) => !self.entry_path(&Key::from_bytes(id)).exists(),
+                None => f.temp,
+            };
+            if orphan && older_than(&f.path, now, policy.grace) {
+                if !policy.dry_run {
+                    fsutil::remove_if_present(&f.path)?;
+                }
+                report.removed_descriptions += 1;
             }
         }
         if !policy.dry_run {

@@ -97,6 +97,7 @@ mod hash;
 mod key;
 mod objstore;
 mod remote;
+pub mod sign;
 mod statcache;
 mod store;
 mod verify;
@@ -111,8 +112,13 @@ pub use key::{
 };
 pub use objstore::{ObjectStoreRemote, RemoteOptions, RemoteUrl, REMOTE_URL_FORMS};
 pub use remote::{
-    object_name, ObjectKind, PullAllReport, PushAllReport, PushReport, Rejected, RemoteBackend,
+    object_name, verify_remote, ObjectKind, PullAllReport, PushAllReport, PushReport, Rejected,
+    RemoteBackend, RemoteVerifyReport,
 };
+pub use sign::{EntrySignature, PublicKey, SigningKey, TrustedKeys};
 pub use statcache::{FileDigest, StatCache, RACY_WINDOW};
-pub use store::{EntrySummary, Listing, Lookup, MissReason, Store, UnreadableEntry, LAYOUT};
+pub use store::{
+    EntrySummary, Listing, Lookup, MissReason, PutEntry, Store, UnreadableEntry, LAYOUT,
+    MAX_SMALL_OBJECT,
+};
 pub use verify::{BadBlob, BadEntry, BlobProblem, EntryProblem, VerifyReport};

@@ -91,9 +91,12 @@ impl fmt::Display for RemoteUrl {
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
     /// S3 endpoint (e.g. `http://127.0.0.1:9000`), used only when none of
-    /// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT` is set. An `http://`
-    /// endpoint turns on plain HTTP.
+    /// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT` is set.
     pub endpoint: Option<String>,
+    /// Whether `endpoint` may be plain `http://` (signed requests, unencrypted). An
+    /// endpoint from the environment is the user's own choice and always allowed; one
+    /// from a pipeline file needs `[cache] allow_http = true`.
+    pub allow_http: bool,
     /// Longest time one request may take, body included.
     pub timeout: Duration,
     /// Longest time to wait for a connection.
@@ -107,6 +110,7 @@ impl Default for RemoteOptions {
     fn default() -> Self {
         RemoteOptions {
             endpoint: None,
+            allow_http: false,
             timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             s3_config: Vec::new(),
@@ -121,12 +125,88 @@ pub struct ObjectStoreRemote {
     /// `""` or `"prefix/"`.
     prefix: String,
     rt: tokio::runtime::Runtime,
+    /// Credentials and other settings never to show in a message.
+    secrets: Vec<String>,
 }
 
 impl fmt::Debug for ObjectStoreRemote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ObjectStoreRemote({})", self.url)
     }
+}
+
+/// A directory remote: created (with the `LAYOUT` marker) when missing or empty;
+/// adopted when it holds only c2i's tables (a remote made before the marker);
+/// refused when it holds anything else, since gc and repairs act on what is there.
+fn adopt_dir(dir: &Path) -> Result<()> {
+    let marker = dir.join("LAYOUT");
+    if let Ok(found) = std::fs::read(&marker) {
+        if found == crate::store::LAYOUT.as_bytes() {
+            return Ok(());
+        }
+        return Err(CacheError::Layout {
+            path: marker,
+            found: String::from_utf8_lossy(&found).into_owned(),
+            expected: crate::store::LAYOUT.to_string(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| CacheError::io("create directory", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| CacheError::io("read directory", dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| CacheError::io("read directory", dir, e))?;
+        let name = e.file_name();
+        let ours = [
+            ObjectKind::Blob.dir(),
+            ObjectKind::Action.dir(),
+            ObjectKind::Description.dir(),
+        ]
+        .iter()
+        .any(|d| name == *d);
+        if !ours {
+            return Err(CacheError::NotACache {
+                path: dir.to_path_buf(),
+                reason: format!("it holds {} but no LAYOUT marker", e.path().display()),
+            });
+        }
+    }
+    crate::fsutil::write_replace(&marker, crate::store::LAYOUT.as_bytes())
+}
+
+/// An `object_store` error message fit to show and to store in run.json: an HTTP
+/// response body (for S3, an XML document that for a signature error echoes the
+/// access key id, the string to sign and the canonical request with its session
+/// token) is replaced by its error code, and any credential still in the text is
+/// masked.
+pub(crate) fn sanitize_error(msg: &str, secrets: &[String]) -> String {
+    let code = msg
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(c, _)| c.trim().to_string())
+        .filter(|c| {
+            !c.is_empty()
+                && c.len() <= 64
+                && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.')
+        });
+    let body_start = ["<?xml", "<", "{\""]
+        .iter()
+        .filter_map(|m| msg.find(m))
+        .min();
+    let mut out = match body_start {
+        Some(i) => {
+            let head = msg[..i].trim_end().trim_end_matches(':').to_string();
+            match &code {
+                Some(c) => format!("{head}: {c} (response body not shown)"),
+                None => format!("{head} (response body not shown)"),
+            }
+        }
+        None => msg.to_string(),
+    };
+    for s in secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "[redacted]");
+        }
+    }
+    out
 }
 
 fn env_endpoint() -> Option<String> {
@@ -144,28 +224,38 @@ impl ObjectStoreRemote {
             op: "open".into(),
             reason,
         };
+        // Few helper threads: each costs a thread stack and a malloc arena of address
+        // space, and c2i blocks on one request at a time anyway (the remote must work
+        // under a 1 GiB address-space limit).
         let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(2)
             .enable_all()
             .build()
             .map_err(|e| err(format!("cannot start an async runtime: {e}")))?;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match url {
             RemoteUrl::Dir(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| CacheError::io("create directory", dir, e))?;
+                adopt_dir(dir)?;
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| err(e.to_string()))?;
                 (Arc::new(fs), String::new())
             }
             RemoteUrl::S3 { bucket, prefix } => {
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                let endpoint = match env_endpoint() {
-                    Some(e) => Some(e),
-                    None => opts.endpoint.clone(),
+                let (endpoint, http_ok) = match env_endpoint() {
+                    Some(e) => (Some(e), true),
+                    None => (opts.endpoint.clone(), opts.allow_http),
                 };
                 if let Some(e) = &endpoint {
-                    b = b.with_endpoint(e);
                     if e.starts_with("http://") {
+                        if !http_ok {
+                            return Err(err(format!(
+                                "endpoint {e} is plain HTTP: every request, signed with your \
+                                 credentials, would travel unencrypted to that host; use https, \
+                                 or set `allow_http = true` in [cache] if this is what you want"
+                            )));
+                        }
                         b = b.with_allow_http(true);
                     }
+                    b = b.with_endpoint(e);
                 }
                 if std::env::var("AWS_REGION").is_err()
                     && std::env::var("AWS_DEFAULT_REGION").is_err()
@@ -202,11 +292,24 @@ impl ObjectStoreRemote {
                 (Arc::new(s3), prefix)
             }
         };
+        let mut secrets: Vec<String> = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+        ]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .chain(opts.s3_config.iter().map(|(_, v)| v.clone()))
+        .filter(|v| v.len() >= 4)
+        .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Ok(ObjectStoreRemote {
             url: url.clone(),
             store,
             prefix,
             rt,
+            secrets,
         })
     }
 
@@ -233,7 +336,7 @@ impl ObjectStoreRemote {
         CacheError::Remote {
             backend: self.url.to_string(),
             op,
-            reason: e.to_string(),
+            reason: sanitize_error(&e.to_string(), &self.secrets),
         }
     }
 
@@ -312,11 +415,7 @@ impl RemoteBackend for ObjectStoreRemote {
     }
 
     fn list(&self, kind: ObjectKind) -> Result<Vec<[u8; 32]>> {
-        let dir = match kind {
-            ObjectKind::Blob => "blobs",
-            ObjectKind::Action => "actions",
-        };
-        let prefix = ObjPath::from(format!("{}{dir}", self.prefix));
+        let prefix = ObjPath::from(format!("{}{}", self.prefix, kind.dir()));
         let metas = self.rt.block_on(async {
             let mut out = Vec::new();
             let mut s = self.store.list(Some(&prefix));
@@ -344,5 +443,32 @@ impl RemoteBackend for ObjectStoreRemote {
         ids.sort();
         ids.dedup();
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod sanitize_tests {
+    use super::sanitize_error;
+
+    #[test]
+    fn bodies_become_their_code_and_secrets_are_masked() {
+        let msg = "Generic S3 error: Error performing GET http://127.0.0.1:9/b/k in 1ms - \
+                   Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?>\
+                   <Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>AKIASECRET1</AWSAccessKeyId>\
+                   <CanonicalRequest>x-amz-security-token:TOKEN2</CanonicalRequest></Error>";
+        let out = sanitize_error(msg, &["AKIASECRET1".into(), "TOKEN2".into()]);
+        assert!(
+            out.ends_with("403 Forbidden: SignatureDoesNotMatch (response body not shown)"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("AKIASECRET1") && !out.contains("TOKEN2"),
+            "{out}"
+        );
+        let plain = "connection refused (key AKIASECRET1)";
+        assert_eq!(
+            sanitize_error(plain, &["AKIASECRET1".into()]),
+            "connection refused (key [redacted])"
+        );
     }
 }

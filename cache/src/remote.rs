@@ -9,12 +9,14 @@
 //! before it is placed locally. [`crate::ObjectStoreRemote`] implements the backend
 //! for a shared directory and S3.
 
-use crate::entry;
+use crate::entry::{self, ActionEntry};
 use crate::error::{CacheError, Result};
 use crate::fsutil;
 use crate::hash::{Digest, Key};
-use crate::store::{Lookup, MissReason, Store};
+use crate::sign::TrustedKeys;
+use crate::store::{Lookup, MissReason, Store, MAX_SMALL_OBJECT};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -25,16 +27,78 @@ pub enum ObjectKind {
     Blob,
     /// `actions/`: entries named by their key.
     Action,
+    /// `descriptions/`: what an action computes, named by its key.
+    Description,
 }
 
 /// The object's name relative to the store root, with `/` separators.
 pub fn object_name(kind: ObjectKind, id: &[u8; 32]) -> String {
-    let dir = match kind {
-        ObjectKind::Blob => "blobs",
-        ObjectKind::Action => "actions",
-    };
     let hex = crate::hash::hex(id);
-    format!("{dir}/{}/{}", &hex[..2], &hex[2..])
+    format!("{}/{}/{}", kind.dir(), &hex[..2], &hex[2..])
+}
+
+impl ObjectKind {
+    /// The table's directory name.
+    pub fn dir(self) -> &'static str {
+        match self {
+            ObjectKind::Blob => "blobs",
+            ObjectKind::Action => "actions",
+            ObjectKind::Description => "descriptions",
+        }
+    }
+}
+
+/// A writer that fails as soon as more than `limit` bytes are written to it, so that
+/// a download stops at the first chunk past the size it may have (an object that
+/// claims to be small but streams gigabytes is cut off, never read whole).
+struct Capped<W> {
+    inner: W,
+    limit: u64,
+    written: u64,
+    exceeded: bool,
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() as u64 > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other(format!(
+                "more than the {} bytes expected",
+                self.limit
+            )));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Downloads a small object (entry or description) whole, refusing one of more than
+/// [`MAX_SMALL_OBJECT`] bytes as soon as the stream passes that.
+fn download_small(
+    remote: &dyn RemoteBackend,
+    kind: ObjectKind,
+    id: &[u8; 32],
+) -> Result<Option<Vec<u8>>> {
+    let mut w = Capped {
+        inner: Vec::new(),
+        limit: MAX_SMALL_OBJECT,
+        written: 0,
+        exceeded: false,
+    };
+    let found = remote.download(kind, id, &mut w);
+    if w.exceeded {
+        return Err(CacheError::CorruptEntry {
+            path: remote_path(remote, kind, id),
+            reason: format!(
+                "larger than the {MAX_SMALL_OBJECT} bytes such an object may have; not read further"
+            ),
+        });
+    }
+    Ok(if found? { Some(w.inner) } else { None })
 }
 
 /// A place objects can be copied to and from. Implementations must make uploads
@@ -71,6 +135,9 @@ pub struct PushReport {
     pub uploaded_bytes: u64,
     /// Whether the entry was created on the remote (false: one was already there).
     pub entry_uploaded: bool,
+    /// Whether a remote entry that no valid signature vouched for was replaced by
+    /// this signed one.
+    pub entry_replaced: bool,
 }
 
 /// A remote entry that [`Store::pull_all`] did not take, and why.
@@ -117,6 +184,8 @@ pub struct PullAllReport {
     /// Entries rejected: a blob failed its hash or size, the entry is damaged or names
     /// a blob the remote lacks. Nothing of a rejected entry is kept locally.
     pub rejected: Vec<Rejected>,
+    /// Entries not signed by a trusted key (only with trusted keys); not taken.
+    pub untrusted: Vec<Rejected>,
 }
 
 fn remote_path(remote: &dyn RemoteBackend, kind: ObjectKind, id: &[u8; 32]) -> PathBuf {
@@ -137,6 +206,11 @@ impl Store {
             }
         };
         let mut report = PushReport::default();
+        // Rehash every local blob first: a blob damaged on this disk is never uploaded
+        // (and nor is the entry naming it).
+        for blob in entry.outputs.values() {
+            self.get(blob, true)?;
+        }
         for blob in entry.outputs.values() {
             let id = blob.digest.as_bytes();
             let path = self.blob_path(&blob.digest);
@@ -158,9 +232,92 @@ impl Store {
             }
         }
         // Entry last: a reader that sees it finds every blob it names.
-        report.entry_uploaded =
-            remote.upload(ObjectKind::Action, key.as_bytes(), &self.entry_path(key))?;
+        let epath = self.entry_path(key);
+        report.entry_uploaded = remote.upload(ObjectKind::Action, key.as_bytes(), &epath)?;
+        if !report.entry_uploaded && crate::sign::signature_valid(&entry) {
+            // First writer wins, except over an entry nobody can vouch for: a signed
+            // entry replaces a remote one that is unsigned, damaged or whose signature
+            // fails (so that an early unsigned writer cannot keep readers who trust
+            // this signer from ever getting the entry).
+            let remote_ok = match download_small(remote, ObjectKind::Action, key.as_bytes()) {
+                Ok(Some(bytes)) => entry::decode(&bytes, &epath)
+                    .map(|e| e.key == *key && crate::sign::signature_valid(&e))
+                    .unwrap_or(false),
+                Ok(None) => false,
+                Err(e) if e.is_corruption() => false,
+                Err(e) => return Err(e),
+            };
+            if !remote_ok {
+                remote.replace(ObjectKind::Action, key.as_bytes(), &epath)?;
+                report.entry_uploaded = true;
+                report.entry_replaced = true;
+            }
+        }
         Ok(report)
+    }
+
+    /// Copies the stored description of `key` to the remote (create-only). False when
+    /// the remote had one already.
+    pub fn push_description(&self, key: &Key, remote: &dyn RemoteBackend) -> Result<bool> {
+        let path = self.description_path(key);
+        if !path.exists() {
+            return Err(CacheError::Remote {
+                backend: remote.describe(),
+                op: format!("push the description of {key}"),
+                reason: "it is not in the local cache".into(),
+            });
+        }
+        remote.upload(ObjectKind::Description, key.as_bytes(), &path)
+    }
+
+    /// Fetches one blob from the remote into this store, rehashing it and cutting the
+    /// download off past `blob.size`. `Ok(false)` when the remote does not have it.
+    pub fn pull_blob(&self, blob: &crate::BlobRef, remote: &dyn RemoteBackend) -> Result<bool> {
+        if self.blob_size(&blob.digest)? == Some(blob.size) {
+            return Ok(true);
+        }
+        let id = blob.digest.as_bytes();
+        let bpath = remote_path(remote, ObjectKind::Blob, id);
+        let mut w = Capped {
+            inner: self.blob_writer()?,
+            limit: blob.size,
+            written: 0,
+            exceeded: false,
+        };
+        let found = remote.download(ObjectKind::Blob, id, &mut w);
+        if w.exceeded {
+            return Err(CacheError::BlobTooLong {
+                path: bpath,
+                expected: blob.size,
+            });
+        }
+        if !found? {
+            return Ok(false);
+        }
+        let w = w.inner;
+        if w.len() != blob.size {
+            return Err(CacheError::BlobSize {
+                path: bpath,
+                expected: blob.size,
+                actual: w.len(),
+            });
+        }
+        w.finish_expecting(&blob.digest, &bpath)?;
+        Ok(true)
+    }
+
+    /// Fetches the description of `key` from the remote into this store (the engine
+    /// checks it against the key before use). `Ok(None)` when the remote has none.
+    pub fn pull_description(
+        &self,
+        key: &Key,
+        remote: &dyn RemoteBackend,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(bytes) = download_small(remote, ObjectKind::Description, key.as_bytes())? else {
+            return Ok(None);
+        };
+        self.put_description(key, &bytes)?;
+        Ok(Some(bytes))
     }
 
     /// Overwrites the remote copy of a blob with the local one, after rehashing the
@@ -191,7 +348,17 @@ impl Store {
                 });
                 continue;
             }
-            let r = self.push(&e.key, remote)?;
+            let r = match self.push(&e.key, remote) {
+                Ok(r) => r,
+                Err(err) if err.is_corruption() => {
+                    report.entries_skipped.push(Rejected {
+                        key: e.key,
+                        reason: format!("damaged here, not uploaded: {err}"),
+                    });
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             report.blobs_uploaded += r.uploaded_blobs.len() as u64;
             report.blobs_present += r.present_blobs.len() as u64;
             report.blobs_repaired += r.repaired_blobs.len() as u64;
@@ -208,7 +375,11 @@ impl Store {
     /// Pulls every entry of the remote, verifying each blob. Damaged remote objects
     /// are reported in [`PullAllReport::rejected`] and nothing of them is kept; an
     /// error talking to the remote stops the pull.
-    pub fn pull_all(&self, remote: &dyn RemoteBackend) -> Result<PullAllReport> {
+    pub fn pull_all(
+        &self,
+        remote: &dyn RemoteBackend,
+        trusted: Option<&TrustedKeys>,
+    ) -> Result<PullAllReport> {
         let mut report = PullAllReport {
             remote: remote.describe(),
             ..PullAllReport::default()
@@ -220,8 +391,14 @@ impl Store {
                 report.entries_present += 1;
                 continue;
             }
-            match self.pull(&key, remote) {
+            match self.pull_with(&key, remote, trusted) {
                 Ok(Lookup::Hit(_)) => report.entries_pulled += 1,
+                Ok(Lookup::Miss(reason @ MissReason::Untrusted { .. })) => {
+                    report.untrusted.push(Rejected {
+                        key,
+                        reason: reason.to_string(),
+                    })
+                }
                 Ok(Lookup::Miss(reason)) => report.rejected.push(Rejected {
                     key,
                     reason: format!("on the remote, {reason}"),
@@ -240,13 +417,26 @@ impl Store {
     /// store, verifying each blob's hash, and returns the local lookup. A local hit is
     /// returned without asking the remote.
     pub fn pull(&self, key: &Key, remote: &dyn RemoteBackend) -> Result<Lookup> {
+        self.pull_with(key, remote, None)
+    }
+
+    /// [`Store::pull`], taking the entry only if it is signed by one of `trusted` (when
+    /// given and not empty): otherwise [`MissReason::Untrusted`], before any blob is
+    /// downloaded. The entry is read only up to [`MAX_SMALL_OBJECT`] bytes and each
+    /// blob only up to the size the entry declares: a stream that runs past it is cut
+    /// off at once ([`CacheError::BlobSize`]).
+    pub fn pull_with(
+        &self,
+        key: &Key,
+        remote: &dyn RemoteBackend,
+        trusted: Option<&TrustedKeys>,
+    ) -> Result<Lookup> {
         if let hit @ Lookup::Hit(_) = self.lookup(key)? {
             return Ok(hit);
         }
-        let mut bytes = Vec::new();
-        if !remote.download(ObjectKind::Action, key.as_bytes(), &mut bytes)? {
+        let Some(bytes) = download_small(remote, ObjectKind::Action, key.as_bytes())? else {
             return Ok(Lookup::Miss(MissReason::NoEntry));
-        }
+        };
         let epath = remote_path(remote, ObjectKind::Action, key.as_bytes());
         let entry = entry::decode(&bytes, &epath)?;
         if entry.key != *key || entry.parts.key() != *key {
@@ -255,20 +445,38 @@ impl Store {
                 reason: format!("holds key {}, expected {key}", entry.key),
             });
         }
+        if let Some(t) = trusted.filter(|t| !t.is_empty()) {
+            if let Err(reason) = t.check(&entry) {
+                return Ok(Lookup::Miss(MissReason::Untrusted { why: reason }));
+            }
+        }
         for (name, blob) in &entry.outputs {
             if self.blob_size(&blob.digest)? == Some(blob.size) {
                 continue;
             }
             let id = blob.digest.as_bytes();
             let bpath = remote_path(remote, ObjectKind::Blob, id);
-            let mut w = self.blob_writer()?;
-            if !remote.download(ObjectKind::Blob, id, &mut w)? {
+            let mut w = Capped {
+                inner: self.blob_writer()?,
+                limit: blob.size,
+                written: 0,
+                exceeded: false,
+            };
+            let found = remote.download(ObjectKind::Blob, id, &mut w);
+            if w.exceeded {
+                return Err(CacheError::BlobTooLong {
+                    path: bpath,
+                    expected: blob.size,
+                });
+            }
+            if !found? {
                 return Ok(Lookup::Miss(MissReason::MissingBlob {
                     output: name.clone(),
                     digest: blob.digest,
                     path: bpath,
                 }));
             }
+            let w = w.inner;
             if w.len() != blob.size {
                 return Err(CacheError::BlobSize {
                     path: bpath,
@@ -285,8 +493,144 @@ impl Store {
                 });
             }
         }
-        // Entry last, byte for byte, so its creation time and checksum travel with it.
+        // Entry last, byte for byte, so its creation time, checksum and signature
+        // travel with it.
         fsutil::write_replace(&self.entry_path(key), &bytes)?;
         self.lookup(key)
     }
+}
+
+/// What `c2i cache verify --remote` found on a remote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RemoteVerifyReport {
+    /// The remote.
+    pub remote: String,
+    /// Whether entries were checked against trusted keys. Without them the remote is
+    /// unauthenticated: an entry that is intact but forged (any writer can make one)
+    /// passes every other check.
+    pub authenticated: bool,
+    /// Entries read.
+    pub entries_checked: u64,
+    /// Blobs rehashed.
+    pub blobs_checked: u64,
+    /// Bytes rehashed.
+    pub bytes_checked: u64,
+    /// Entries that are damaged, name a missing or damaged blob, or sit under
+    /// another key.
+    pub bad_entries: Vec<Rejected>,
+    /// Intact entries without a valid signature by a trusted key.
+    pub untrusted: Vec<Rejected>,
+}
+
+impl RemoteVerifyReport {
+    /// Nothing damaged and, when authenticated, nothing untrusted.
+    pub fn is_clean(&self) -> bool {
+        self.bad_entries.is_empty() && self.untrusted.is_empty()
+    }
+}
+
+struct Hashing {
+    hasher: blake3::Hasher,
+}
+
+impl Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn check_remote_entry(
+    remote: &dyn RemoteBackend,
+    id: &[u8; 32],
+    trusted: Option<&TrustedKeys>,
+    blobs_seen: &mut BTreeSet<Digest>,
+    report: &mut RemoteVerifyReport,
+) -> Result<std::result::Result<Option<String>, String>> {
+    let key = Key::from_bytes(*id);
+    let epath = remote_path(remote, ObjectKind::Action, id);
+    let bytes = match download_small(remote, ObjectKind::Action, id) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(Err("listed but gone".into())),
+        Err(e) if e.is_corruption() => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let entry: ActionEntry = match entry::decode(&bytes, &epath) {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    if entry.key != key || entry.parts.key() != key {
+        return Ok(Err(format!("holds key {}, stored under {key}", entry.key)));
+    }
+    for (name, blob) in &entry.outputs {
+        if !blobs_seen.insert(blob.digest) {
+            continue;
+        }
+        let mut w = Capped {
+            inner: Hashing {
+                hasher: blake3::Hasher::new(),
+            },
+            limit: blob.size,
+            written: 0,
+            exceeded: false,
+        };
+        let found = remote.download(ObjectKind::Blob, blob.digest.as_bytes(), &mut w);
+        report.blobs_checked += 1;
+        report.bytes_checked += w.written;
+        if w.exceeded {
+            return Ok(Err(format!(
+                "output `{name}` (blob {}) has more than the {} bytes declared",
+                blob.digest.short(),
+                blob.size
+            )));
+        }
+        if !found? {
+            return Ok(Err(format!(
+                "output `{name}` (blob {}) is missing",
+                blob.digest.short()
+            )));
+        }
+        let actual = Digest::from(w.inner.hasher.finalize());
+        if w.written != blob.size || actual != blob.digest {
+            return Ok(Err(format!(
+                "output `{name}`: blob {} has {} bytes hashing to {}, expected {} bytes",
+                blob.digest.short(),
+                w.written,
+                actual.short(),
+                blob.size
+            )));
+        }
+    }
+    Ok(Ok(match trusted.filter(|t| !t.is_empty()) {
+        Some(t) => t.check(&entry).err(),
+        None => None,
+    }))
+}
+
+/// Reads every entry of `remote` and rehashes every blob they name (streamed, each
+/// cut off at its declared size); with `trusted` keys, also checks each entry's
+/// signature. Nothing is written anywhere.
+pub fn verify_remote(
+    remote: &dyn RemoteBackend,
+    trusted: Option<&TrustedKeys>,
+) -> Result<RemoteVerifyReport> {
+    let mut report = RemoteVerifyReport {
+        remote: remote.describe(),
+        authenticated: trusted.is_some_and(|t| !t.is_empty()),
+        ..RemoteVerifyReport::default()
+    };
+    let mut seen = BTreeSet::new();
+    for id in remote.list(ObjectKind::Action)? {
+        report.entries_checked += 1;
+        let key = Key::from_bytes(id);
+        match check_remote_entry(remote, &id, trusted, &mut seen, &mut report)? {
+            Ok(None) => {}
+            Ok(Some(reason)) => report.untrusted.push(Rejected { key, reason }),
+            Err(reason) => report.bad_entries.push(Rejected { key, reason }),
+        }
+    }
+    Ok(report)
 }

@@ -7,6 +7,7 @@ use crate::error::{CacheError, IoContext, Result};
 use crate::fsutil::{self, walk_fanout, TempFile};
 use crate::hash::{Digest, Key};
 use crate::key::{Closest, KeyParts};
+use crate::sign::SigningKey;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +18,16 @@ use std::time::SystemTime;
 
 /// Contents of the `LAYOUT` marker file.
 pub const LAYOUT: &str = "c2i-cache layout 1\n";
+
+/// The names a store keeps at its root.
+const STORE_NAMES: &[&str] = &[
+    "LAYOUT",
+    "blobs",
+    "actions",
+    "used",
+    "descriptions",
+    "stat-cache.json",
+];
 
 /// `dir/<first 2 hex>/<other 62 hex>`.
 pub(crate) fn fanout(dir: &Path, id: &[u8; 32]) -> PathBuf {
@@ -32,14 +43,22 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `root`. Fails if `root` holds a store of
-    /// another layout version.
+    /// Opens the store in `root`, creating it when `root` is missing or empty. Fails if
+    /// `root` holds a store of another layout version, or files but no store (a
+    /// directory that is not a c2i cache is never adopted: gc would delete its files).
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
-        let root = root.into();
+        Self::open_inner(root.into(), true)
+    }
+
+    /// Opens an existing store only: `root` must hold the `LAYOUT` marker. For commands
+    /// that read, repair or delete (ls, verify, gc, push), which must never act on a
+    /// directory that is not a c2i cache.
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {
+        Self::open_inner(root.into(), false)
+    }
+
+    fn open_inner(root: PathBuf, create: bool) -> Result<Store> {
         let store = Store { root };
-        for dir in [store.blobs_dir(), store.actions_dir(), store.used_dir()] {
-            fs::create_dir_all(&dir).ctx("create directory", &dir)?;
-        }
         let marker = store.root.join("LAYOUT");
         match fs::read(&marker) {
             Ok(found) if found == LAYOUT.as_bytes() => {}
@@ -51,9 +70,40 @@ impl Store {
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Creating: the directory must be missing, empty, or hold only what a
+                // store creating itself at the same moment (another process) writes.
+                let stranger = match fs::read_dir(&store.root) {
+                    Ok(it) => it.filter_map(|e| e.ok()).find(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        !(STORE_NAMES.contains(&name.as_str())
+                            || name.starts_with(fsutil::TEMP_PREFIX))
+                    }),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(CacheError::io("read directory", &store.root, e)),
+                };
+                if !create || stranger.is_some() {
+                    return Err(CacheError::NotACache {
+                        path: store.root.clone(),
+                        reason: match stranger {
+                            Some(e) => {
+                                format!("it holds {} but no LAYOUT marker", e.path().display())
+                            }
+                            None => "it has no LAYOUT marker".into(),
+                        },
+                    });
+                }
+                fs::create_dir_all(&store.root).ctx("create directory", &store.root)?;
                 fsutil::write_replace(&marker, LAYOUT.as_bytes())?;
             }
             Err(e) => return Err(CacheError::io("read", marker, e)),
+        }
+        for dir in [
+            store.blobs_dir(),
+            store.actions_dir(),
+            store.used_dir(),
+            store.descriptions_dir(),
+        ] {
+            fs::create_dir_all(&dir).ctx("create directory", &dir)?;
         }
         Ok(store)
     }
@@ -75,6 +125,41 @@ impl Store {
         self.root.join("used")
     }
 
+    pub(crate) fn descriptions_dir(&self) -> PathBuf {
+        self.root.join("descriptions")
+    }
+
+    /// Where the description of the action with `key` lives.
+    pub fn description_path(&self, key: &Key) -> PathBuf {
+        fanout(&self.descriptions_dir(), key.as_bytes())
+    }
+
+    /// Stores the description of the action `key` (what any process needs to compute
+    /// it: see the engine's actions). Create-only: an existing one is kept. The store
+    /// does not interpret the bytes; readers check them against the key.
+    pub fn put_description(&self, key: &Key, bytes: &[u8]) -> Result<bool> {
+        let dest = self.description_path(key);
+        if dest.exists() {
+            return Ok(false);
+        }
+        let dir = dest.parent().unwrap_or(&dest);
+        let mut tmp = TempFile::new_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.place_create_only(&dest, bytes.len() as u64)?;
+        Ok(true)
+    }
+
+    /// The stored description of `key`, if any (at most [`MAX_SMALL_OBJECT`] bytes).
+    pub fn read_description(&self, key: &Key) -> Result<Option<Vec<u8>>> {
+        let path = self.description_path(key);
+        read_capped(&path, MAX_SMALL_OBJECT)
+    }
+
+    /// Removes a stored description (a damaged one, so that it is written again).
+    pub fn remove_description(&self, key: &Key) -> Result<bool> {
+        fsutil::remove_if_present(&self.description_path(key))
+    }
+
     /// Where the action entry for `key` lives (whether or not it is there).
     pub fn entry_path(&self, key: &Key) -> PathBuf {
         fanout(&self.actions_dir(), key.as_bytes())
@@ -85,13 +170,17 @@ impl Store {
     }
 
     /// Reads and checks the entry for `key`. `Ok(None)` when there is none; a damaged
-    /// entry is [`CacheError::CorruptEntry`]. Does not look at the blobs.
+    /// (or oversized) entry is [`CacheError::CorruptEntry`]. Does not look at the blobs.
     pub fn read_entry(&self, key: &Key) -> Result<Option<ActionEntry>> {
         let path = self.entry_path(key);
-        match fs::read(&path) {
-            Ok(bytes) => entry::decode(&bytes, &path).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CacheError::io("read", path, e)),
+        match read_capped(&path, MAX_SMALL_OBJECT) {
+            Ok(Some(bytes)) => entry::decode(&bytes, &path).map(Some),
+            Ok(None) => Ok(None),
+            Err(CacheError::TooLarge { path, limit, .. }) => Err(CacheError::CorruptEntry {
+                path,
+                reason: format!("larger than the {limit} bytes an entry may have"),
+            }),
+            Err(e) => Err(e),
         }
     }
 
@@ -165,6 +254,18 @@ impl Store {
         outputs: BTreeMap<String, BlobRef>,
         metadata: serde_json::Value,
     ) -> Result<ActionEntry> {
+        self.put_entry_with(parts, outputs, metadata, &PutEntry::default())
+    }
+
+    /// [`Store::put_entry`] with options: sign the entry, or replace a valid existing
+    /// one (which its reader found unusable, e.g. invalid metadata).
+    pub fn put_entry_with(
+        &self,
+        parts: &KeyParts,
+        outputs: BTreeMap<String, BlobRef>,
+        metadata: serde_json::Value,
+        opts: &PutEntry<'_>,
+    ) -> Result<ActionEntry> {
         let key = parts.key();
         for (name, blob) in &outputs {
             let path = self.blob_path(&blob.digest);
@@ -181,18 +282,26 @@ impl Store {
                 found,
             });
         }
-        if let Lookup::Hit(existing) = self.lookup_quiet(&key)? {
-            self.mark_used_at(&key, SystemTime::now());
-            return Ok(existing);
+        if !opts.replace {
+            if let Lookup::Hit(existing) = self.lookup_quiet(&key)? {
+                self.mark_used_at(&key, SystemTime::now());
+                return Ok(existing);
+            }
         }
-        let entry = ActionEntry {
+        let metadata_json = entry::metadata_text(&key, &metadata)?;
+        let mut entry = ActionEntry {
             key,
             stage: parts.stage.clone(),
             created_unix_ms: fsutil::unix_ms(SystemTime::now()),
             outputs,
             metadata,
             parts: parts.clone(),
+            signature: None,
+            metadata_json,
         };
+        if let Some(signer) = opts.signer {
+            entry.signature = Some(Box::new(signer.sign(&entry)));
+        }
         let bytes = entry::encode(&entry)?;
         let dest = self.entry_path(&key);
         // Hand back what a later lookup will read, not the value passed in: the
@@ -241,10 +350,10 @@ impl Store {
                 continue;
             }
             let key = f.id.map(Key::from_bytes);
-            let entry = match fs::read(&f.path) {
-                Ok(bytes) => entry::decode(&bytes, &f.path).map_err(|e| e.to_string()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
-                Err(e) => Err(CacheError::io("read", &f.path, e).to_string()),
+            let entry = match read_capped(&f.path, MAX_SMALL_OBJECT) {
+                Ok(Some(bytes)) => entry::decode(&bytes, &f.path).map_err(|e| e.to_string()),
+                Ok(None) => continue, // removed meanwhile
+                Err(e) => Err(e.to_string()),
             };
             let entry = match (key, entry) {
                 (None, _) => Err("file name is not a key".to_string()),
@@ -338,6 +447,40 @@ impl Store {
     }
 }
 
+/// Options of [`Store::put_entry_with`].
+#[derive(Default)]
+pub struct PutEntry<'a> {
+    /// Sign the entry with this key.
+    pub signer: Option<&'a SigningKey>,
+    /// Replace an existing entry even if it is intact.
+    pub replace: bool,
+}
+
+/// The largest entry or description read (entries are small: names, digests, sizes
+/// and a little metadata). A bigger file is refused before it is read whole.
+pub const MAX_SMALL_OBJECT: u64 = 16 << 20;
+
+/// The file's bytes if it exists and has at most `limit` bytes.
+pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CacheError::io("open", path, e)),
+    };
+    let mut bytes = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CacheError::io("read", path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(CacheError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        });
+    }
+    Ok(Some(bytes))
+}
+
 /// One file of `actions/` as found by a scan.
 pub(crate) struct Scanned {
     pub(crate) key: Option<Key>,
@@ -399,6 +542,12 @@ pub enum MissReason {
         /// Where it should be.
         path: PathBuf,
     },
+    /// A remote entry that is not signed by a trusted key (only from a pull with
+    /// trusted keys set).
+    Untrusted {
+        /// Why the signature does not count.
+        why: String,
+    },
     /// An output blob has the wrong size.
     SizeMismatch {
         /// Output name.
@@ -435,6 +584,7 @@ impl fmt::Display for MissReason {
                 digest.short(),
                 path.display()
             ),
+            MissReason::Untrusted { why } => write!(f, "not signed by a trusted key: {why}"),
             MissReason::SizeMismatch {
                 output,
                 path,

@@ -42,6 +42,8 @@ fn dir_remote(dir: &Path) -> ObjectStoreRemote {
 fn s3_remote(m: &moto::Moto, prefix: &str) -> ObjectStoreRemote {
     let opts = RemoteOptions {
         endpoint: Some(m.endpoint()),
+        // moto listens on plain HTTP on 127.0.0.1.
+        allow_http: true,
         s3_config: m.s3_config(),
         timeout: Duration::from_secs(30),
         ..RemoteOptions::default()
@@ -69,7 +71,7 @@ fn round_trip(remote: &dyn RemoteBackend) {
     );
 
     let b = Store::open(tmp.path().join("b")).unwrap();
-    let pulled = b.pull_all(remote).unwrap();
+    let pulled = b.pull_all(remote, None).unwrap();
     assert_eq!(pulled.entries_listed, 4, "{pulled:?}");
     assert_eq!(pulled.entries_pulled, 4, "{pulled:?}");
     assert!(pulled.rejected.is_empty(), "{pulled:?}");
@@ -80,7 +82,7 @@ fn round_trip(remote: &dyn RemoteBackend) {
         }
     }
     assert!(b.verify(false).unwrap().is_clean());
-    let again = b.pull_all(remote).unwrap();
+    let again = b.pull_all(remote, None).unwrap();
     assert_eq!((again.entries_pulled, again.entries_present), (0, 4));
 }
 
@@ -161,11 +163,16 @@ fn s3_round_trip_first_writer_wins_and_unreachable() {
     first_writer_wins(Arc::new(s3_remote(&m, "race")));
 
     // Nothing listens on port 1: a clear error, quickly, never a hang.
-    let opts = RemoteOptions {
+    let mut opts = RemoteOptions {
         endpoint: Some("http://127.0.0.1:1".into()),
         s3_config: m.s3_config(),
         ..RemoteOptions::default()
     };
+    // A plain-HTTP endpoint is refused unless allowed (a pipeline file could
+    // otherwise send signed requests in clear text to any host).
+    let refused = ObjectStoreRemote::open_str("s3://nowhere/x", &opts).unwrap_err();
+    assert!(refused.to_string().contains("allow_http"), "{refused}");
+    opts.allow_http = true;
     let dead = ObjectStoreRemote::open_str("s3://nowhere/x", &opts).unwrap();
     let t = Instant::now();
     let err = dead
@@ -214,7 +221,7 @@ fn damaged_remote_blobs_are_rejected_and_repaired() {
         assert!(b.read_entry(&parts.key()).unwrap().is_none());
         assert_eq!(b.blob_size(&blobs[0].digest).unwrap(), None);
     }
-    let report = b.pull_all(&remote).unwrap();
+    let report = b.pull_all(&remote, None).unwrap();
     assert_eq!(report.rejected.len(), 3, "{report:?}");
     assert_eq!(report.entries_pulled, 0, "{report:?}");
 
@@ -225,7 +232,7 @@ fn damaged_remote_blobs_are_rejected_and_repaired() {
     // ... and a same-size corruption (poisoned, flipped) once a reader reported it.
     a.repair_remote_blob(&poisoned.digest, &remote).unwrap();
     a.repair_remote_blob(&flipped.digest, &remote).unwrap();
-    let report = b.pull_all(&remote).unwrap();
+    let report = b.pull_all(&remote, None).unwrap();
     assert_eq!(report.entries_pulled, 3, "{report:?}");
     assert!(report.rejected.is_empty(), "{report:?}");
     assert!(b.verify(false).unwrap().is_clean());

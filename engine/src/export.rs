@@ -5,13 +5,17 @@
 //! transformers, and on request the factored form of the replaced matrix (U·S and Vᵀ
 //! per block) that is actually smaller.
 //!
-//! An export records the key it was made from (`c2i-export.json`); a later run with
-//! the same model and candidate finds it and writes nothing.
+//! An export records what it was made from and the BLAKE3 of every file it wrote
+//! (`c2i-export.json`); a later run with the same model and candidate finds it and
+//! writes nothing. The stamp is removed before any file is rewritten and written
+//! last, and every file is written to a temporary name and renamed into place, so a
+//! crash at any point leaves either no stamp or a stamp that matches the files.
 
-use crate::db::{self, Candidate, EngineDb, MatrixReq, Setup};
-use crate::runner::write_atomic;
+use crate::ctx::Ctx;
+use crate::runner::{write_atomic, Inputs};
+use crate::stages::evaluate::Candidate;
 use crate::EngineError;
-use c2i_cache::Digest;
+use c2i_cache::ActionEntry;
 use c2i_stages::compress::{dense_candidate, factored_candidate};
 use c2i_stages::factor::from_safetensors;
 use c2i_stages::model::family::{hf_config, SpecialIds};
@@ -35,6 +39,27 @@ pub struct Written {
 pub struct ExportInfo {
     pub dense: Option<Written>,
     pub factored: Option<FactoredInfo>,
+    /// BLAKE3 of every exported file, by its path relative to the output directory
+    /// (what the lock file records).
+    #[serde(skip)]
+    pub digests: BTreeMap<String, String>,
+}
+
+/// BLAKE3 of a file, streamed.
+fn file_digest(path: &Path) -> Result<String, EngineError> {
+    let mut h = blake3::Hasher::new();
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    h.update_reader(f).map_err(io(path))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// A deliberate crash for the fault tests: `C2I_CRASH_AT=<point>` aborts the process
+/// there, as a power cut or `kill -9` would (no destructor, no cleanup).
+fn crash_point(point: &str) {
+    if std::env::var("C2I_CRASH_AT").is_ok_and(|v| v == point) {
+        eprintln!("C2I_CRASH_AT={point}: aborting here");
+        std::process::abort();
+    }
 }
 
 /// The factored matrix file, with parameter counts against the dense matrix.
@@ -90,82 +115,124 @@ fn hf_configs(
 }
 
 /// Writes the adapted model under `dir/model/` (and `dir/factored.safetensors`).
+/// `rehash`: compute the digests of files kept from an earlier export instead of
+/// taking them from its stamp (`--frozen`).
+#[allow(clippy::too_many_arguments)]
 pub fn export(
-    db: &dyn EngineDb,
-    setup: Setup,
+    ctx: &Ctx,
+    inp: &Inputs,
     best: Candidate,
+    factors: &ActionEntry,
     dir: &Path,
     dense: bool,
     factored: bool,
     dtype: SaveDType,
+    rehash: bool,
 ) -> Result<ExportInfo, EngineError> {
-    let facts = db::factors(db, MatrixReq::new(db, setup, best.matrix, best.blocks))
-        .map_err(EngineError::Stage)?;
-    let stamp = serde_json::json!({
+    let model_digest = inp.model.digest();
+    let stamp_core = serde_json::json!({
         // 2: config.json names the special tokens, and tokenizer_config.json is written.
         // 3: the family's own names, layout, config.json and special tokens; a dtype.
-        "layout": 3,
+        // 4: the stamp lists the digest of every file it vouches for.
+        "layout": 4,
         "dtype": dtype,
-        "model": Digest::from_bytes(setup.model_digest(db)).to_hex(),
+        "model": model_digest.to_hex(),
         "matrix": best.matrix.hf_name(),
-        "factors": facts.0.key.to_hex(),
+        "factors": factors.outputs.get("factors").map(|b| b.digest.to_hex()),
         "keep": best.keep(),
     });
     let model_dir = dir.join("model");
     let stamp_path = model_dir.join("c2i-export.json");
     let fpath = dir.join("factored.safetensors");
-    let fblob = crate::stages::read_or_rebuild(db.ctx(), &facts.0, "factors", || {
-        crate::stages::factors(db, MatrixReq::new(db, setup, best.matrix, best.blocks))
-    })?;
+    let fblob = ctx.output(factors, "factors")?;
     let view = from_safetensors(fblob.bytes())?;
     let mut info = ExportInfo {
         dense: None,
         factored: None,
+        digests: BTreeMap::new(),
     };
     if dense {
         let st = model_dir.join("model.safetensors");
+        let files = [
+            "model.safetensors",
+            "config.json",
+            "tokenizer_config.json",
+            "tokenizer.json",
+        ];
         let current = std::fs::read(&stamp_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-        if current.as_ref() != Some(&stamp) || !st.exists() {
-            let loaded = db.ctx().model(
-                setup.model_path(db),
-                &Digest::from_bytes(setup.model_digest(db)),
-            )?;
-            let w = Tensor::from_vec(
-                dense_candidate(&view, best.keep())?,
-                (view.rows(), view.cols()),
-                &Device::Cpu,
-            )?;
-            let adapted = loaded
-                .weights
-                .with_replaced(&BTreeMap::from([(best.matrix, w)]))?;
-            std::fs::create_dir_all(&model_dir).map_err(io(&model_dir))?;
-            let meta = BTreeMap::from([
-                ("format".to_string(), "pt".to_string()),
-                ("c2i_replaced".to_string(), best.matrix.hf_name()),
-                ("c2i_blocks".to_string(), best.blocks.to_string()),
-                ("c2i_keep".to_string(), best.keep().to_string()),
-            ]);
-            adapted.save_safetensors(&st, &meta, dtype)?;
-            let (config, tokenizer_config) = hf_configs(
-                &adapted.config,
-                &loaded.special,
-                |id| loaded.tokenizer.id_to_token(id),
-                dtype,
-            );
-            let cfg = model_dir.join("config.json");
-            write_atomic(&cfg, &serde_json::to_vec_pretty(&config)?)?;
-            let tcfg = model_dir.join("tokenizer_config.json");
-            write_atomic(&tcfg, &serde_json::to_vec_pretty(&tokenizer_config)?)?;
-            let tok = model_dir.join("tokenizer.json");
-            loaded.tokenizer.save(&tok, true).map_err(|e| {
-                EngineError::Invalid(format!(
-                    "{}: cannot write the tokenizer: {e}",
-                    tok.display()
-                ))
-            })?;
-            write_atomic(&stamp_path, &serde_json::to_vec_pretty(&stamp)?)?;
+        let kept = current.as_ref().filter(|c| {
+            c.get("made_of") == Some(&stamp_core)
+                && files.iter().all(|f| model_dir.join(f).exists())
+        });
+        let digests: BTreeMap<String, String> = match kept {
+            Some(c) if !rehash => serde_json::from_value(c["files"].clone()).unwrap_or_default(),
+            Some(_) => files
+                .iter()
+                .map(|f| Ok((f.to_string(), file_digest(&model_dir.join(f))?)))
+                .collect::<Result<_, EngineError>>()?,
+            None => {
+                // The stamp goes first: from here until the new one is written, no
+                // stamp vouches for files that are being replaced.
+                if let Err(e) = std::fs::remove_file(&stamp_path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(io(&stamp_path)(e));
+                    }
+                }
+                let (path, digest) = (&inp.model_path, model_digest);
+                let loaded = ctx.loaded.model(&digest, || {
+                    tracing::info!(path = %path.display(), "loading model");
+                    Ok(c2i_stages::model::Weights::load(path)?)
+                })?;
+                let w = Tensor::from_vec(
+                    dense_candidate(&view, best.keep())?,
+                    (view.rows(), view.cols()),
+                    &Device::Cpu,
+                )?;
+                let adapted = loaded
+                    .weights
+                    .with_replaced(&BTreeMap::from([(best.matrix, w)]))?;
+                std::fs::create_dir_all(&model_dir).map_err(io(&model_dir))?;
+                let meta = BTreeMap::from([
+                    ("format".to_string(), "pt".to_string()),
+                    ("c2i_replaced".to_string(), best.matrix.hf_name()),
+                    ("c2i_blocks".to_string(), best.blocks.to_string()),
+                    ("c2i_keep".to_string(), best.keep().to_string()),
+                ]);
+                // Written to a temporary name and renamed into place.
+                adapted.save_safetensors(&st, &meta, dtype)?;
+                crash_point("export-after-model");
+                let (config, tokenizer_config) = hf_configs(
+                    &adapted.config,
+                    &loaded.special,
+                    |id| loaded.tokenizer.id_to_token(id),
+                    dtype,
+                );
+                let cfg = model_dir.join("config.json");
+                write_atomic(&cfg, &serde_json::to_vec_pretty(&config)?)?;
+                let tcfg = model_dir.join("tokenizer_config.json");
+                write_atomic(&tcfg, &serde_json::to_vec_pretty(&tokenizer_config)?)?;
+                let tok = model_dir.join("tokenizer.json");
+                let tmp = model_dir.join(format!(".tokenizer.json.tmp-{}", std::process::id()));
+                loaded.tokenizer.save(&tmp, true).map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "{}: cannot write the tokenizer: {e}",
+                        tok.display()
+                    ))
+                })?;
+                std::fs::rename(&tmp, &tok).map_err(io(&tok))?;
+                let digests = files
+                    .iter()
+                    .map(|f| Ok((f.to_string(), file_digest(&model_dir.join(f))?)))
+                    .collect::<Result<BTreeMap<_, _>, EngineError>>()?;
+                let stamp = serde_json::json!({ "made_of": stamp_core, "files": digests });
+                write_atomic(&stamp_path, &serde_json::to_vec_pretty(&stamp)?)?;
+                digests
+            }
+        };
+        for (f, d) in digests {
+            info.digests.insert(format!("model/{f}"), d);
         }
         info.dense = Some(Written {
             bytes: size(&st),
@@ -200,6 +267,8 @@ pub fn export(
             ),
         ]);
         save_safetensors(&tensors, &meta, &fpath)?;
+        info.digests
+            .insert("factored.safetensors".into(), file_digest(&fpath)?);
         let pc = fm.param_count();
         info.factored = Some(FactoredInfo {
             bytes: size(&fpath),

@@ -1,23 +1,32 @@
-//! c2i's build engine: the pipeline spec, content keys, the salsa database over the
-//! on-disk cache, the runner that walks the DAG, run records and `status --why`.
+//! c2i's build engine: the pipeline spec, stages as actions keyed by content, the
+//! executors that compute them, the runner that walks the DAG, run records, lock files
+//! and `status --why`.
 //!
 //! - [`spec`]: TOML pipeline -> typed, validated [`spec::Pipeline`], `--set` overrides.
-//! - [`keys`]: what each stage's key is made of.
-//! - [`ctx`]: the store, stat cache, in-memory resources and the stage log.
-//! - [`db`]: salsa inputs and tracked stage functions.
-//! - [`stages`]: stage bodies (key, look up or compute, store).
-//! - [`runner`]: runs a pipeline and writes `run.json`.
+//! - [`action`]: an action, the self-contained description of a stage instance, and
+//!   its key (built from its inputs' content digests).
+//! - [`stages`]: one module per stage (its action, its body, readers of its outputs),
+//!   registered by name.
+//! - [`ctx`]: the store and remote, trust, loaded resources, lookups, computation, the
+//!   stage log.
+//! - [`exec`]: where actions are computed: in process, a pool of local worker
+//!   processes, or Slurm job arrays; [`worker`]: the worker side.
+//! - [`runner`]: runs a pipeline in waves of actions and writes `run.json`.
+//! - [`lock`]: `PIPELINE.lock` and `--frozen`.
 //! - [`export`]: the adapted model, dense (HF layout) and factored.
 //! - [`status`]: what is cached, what would run, and why.
 
+pub mod action;
 pub mod ctx;
-pub mod db;
+pub mod exec;
 pub mod export;
-pub mod keys;
+pub mod loaded;
+pub mod lock;
 pub mod runner;
 pub mod spec;
 pub mod stages;
 pub mod status;
+pub mod worker;
 
 use std::path::PathBuf;
 
@@ -69,8 +78,31 @@ pub enum EngineError {
     },
     #[error("row {0} is outside the data file")]
     Row(usize),
+    /// A stage's body failed (a malformed input, a non-finite number...): computing it
+    /// again would fail the same way.
+    #[error("{stage} {instance} (key {key}): {source}")]
+    Action {
+        stage: String,
+        instance: String,
+        key: String,
+        #[source]
+        source: Box<EngineError>,
+    },
+    /// A worker will not compute an action (another environment, ...).
     #[error("{0}")]
-    Stage(String),
+    Refused(String),
+    #[error("no description of action {key} in the cache{}: a worker can only compute an action the coordinator described", remote.as_ref().map(|r| format!(" nor on the remote {r}")).unwrap_or_default())]
+    NoDescription { key: String, remote: Option<String> },
+    #[error("action {key} is of stage `{stage}`, which this c2i does not have")]
+    UnknownStage { stage: String, key: String },
+    /// An executor could not get an action computed.
+    #[error("{0}")]
+    Executor(String),
+    #[error("{0}")]
+    Interrupted(String),
+    /// `--frozen`: the run does not match the lock file.
+    #[error("--frozen: {0}")]
+    Frozen(String),
     #[error("internal lock poisoned by an earlier panic")]
     Poisoned,
 }

@@ -1,25 +1,33 @@
-//! Runs a pipeline: resolves its inputs, drives the stages through the salsa
-//! database, picks the best candidate, and writes `run.json` and `report.json`.
+//! Runs a pipeline: resolves its inputs, builds each wave of stage actions, has them
+//! looked up or computed (through an [`Executor`]), picks the best candidate, and
+//! returns everything run.json, report.json and the lock file are made of.
 //!
-//! The DAG (DESIGN.md): weights and data → gradients → factors(matrix, K) →
-//! sv-grads → scores(matrix, K, rho) → top-k → evaluate(candidate) → best → held-out.
+//! The DAG (DESIGN.md), in waves of independent actions:
+//! matrix digests → gradients and factors(matrix, K) → sv-grads → scores (here) →
+//! top-k → evaluate(base, candidates; base held-out) → best → evaluate(best, held-out)
+//! → export.
 
-use crate::ctx::{RemoteSummary, StageRecord};
-use crate::db::{self, Candidate, Database, EngineDb, EvalReq, MatrixReq, Out, Rows, Setup};
+use crate::action::{Action, Input};
+use crate::ctx::{Ctx, Found, RemoteSummary, StageRecord};
+use crate::exec::Executor;
+use crate::lock::{Lock, LockBook};
 use crate::spec::{Pipeline, SearchMode, Select};
-use crate::stages::{spectra, BlockSpectrum};
+use crate::stages::evaluate::{self, Candidate, EvalOf, Rows};
+use crate::stages::matrix_digests::{self, MatrixDigests, MatrixInfo};
+use crate::stages::sv_grads::{self, BlockSpectrum};
+use crate::stages::{factors, gradients};
 use crate::EngineError;
-use c2i_cache::Digest;
+use c2i_cache::ActionEntry;
 use c2i_stages::assets;
 use c2i_stages::data::split::{sample_with, selection_samples_with, Split};
 use c2i_stages::data::{Format, Task};
 use c2i_stages::eval::metrics::{select_best, SelectionScore};
 use c2i_stages::model::MatrixId;
 use c2i_stages::score::{rank_kept, ScoreRule};
-use salsa::Setter;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Where a run may stop early.
@@ -111,17 +119,27 @@ pub struct RunResult {
     pub rows: BTreeMap<String, Vec<usize>>,
     /// The data file read.
     pub data: PathBuf,
-    /// Where the stages computed (run.json's versions).
-    #[serde(skip)]
-    pub exec: crate::keys::Exec,
-    /// What reproduces the run's data: the file's digest, format and row counts.
-    pub data_info: DataInfo,
+    /// What reproduces the run's data: the file's digest, format and row counts
+    /// (absent when a run failed before reading it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_info: Option<DataInfo>,
     /// The task: name, content digest, where it was defined and what it means.
     pub task_info: TaskInfo,
+    /// Where the stages computed (run.json's versions).
+    #[serde(skip)]
+    pub device: crate::action::DeviceSpec,
     /// What the run did with the remote cache (run.json only: it differs between
     /// runs that found the same results).
     #[serde(skip)]
     pub remote: Option<RemoteSummary>,
+    /// The executor and what it submitted (run.json only).
+    #[serde(skip)]
+    pub executor: String,
+    #[serde(skip)]
+    pub jobs: serde_json::Value,
+    /// The lock of a complete run (`None` with `--until`).
+    #[serde(skip)]
+    pub lock: Option<Lock>,
 }
 
 /// The data file of a run, as report.json records it.
@@ -151,23 +169,68 @@ pub struct TaskInfo {
     pub definition: serde_json::Value,
 }
 
-impl RunResult {
-    /// Count of stage records with each outcome.
-    pub fn outcomes(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
-        let mut m: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-        for r in &self.stages {
-            let o = r.outcome.name();
-            *m.entry(r.stage.clone())
-                .or_default()
-                .entry(o.to_string())
-                .or_default() += 1;
+impl TaskInfo {
+    pub fn of(task: &Task) -> TaskInfo {
+        TaskInfo {
+            name: task.name().to_string(),
+            digest: task.digest().to_string(),
+            file: task.origin.clone(),
+            definition: task.canonical(),
         }
-        m
     }
 }
 
-fn stage<T>(r: Result<T, String>) -> Result<T, EngineError> {
-    r.map_err(EngineError::Stage)
+impl RunResult {
+    /// What a run that failed part-way leaves for run.json: the stage instances it
+    /// resolved, the remote summary, the executor's jobs.
+    pub fn partial(
+        p: &Pipeline,
+        ctx: &Ctx,
+        exec: &dyn Executor,
+        log_start: usize,
+        seconds: f64,
+    ) -> RunResult {
+        RunResult {
+            task: p.task.name().to_string(),
+            model: p.spec.model.path.clone(),
+            mode: p.spec.search.mode,
+            selection_metric: p.spec.search.selection_metric.to_string(),
+            scores: Vec::new(),
+            baseline: None,
+            candidates: Vec::new(),
+            best: None,
+            stages: ctx.log_since(log_start),
+            seconds,
+            resolved: serde_json::to_value(&p.spec).unwrap_or_default(),
+            export: None,
+            rows: BTreeMap::new(),
+            data: PathBuf::new(),
+            data_info: None,
+            task_info: TaskInfo::of(&p.task),
+            device: p.device.clone(),
+            remote: ctx.remote_summary(),
+            executor: exec.kind().name().to_string(),
+            jobs: exec.jobs(),
+            lock: None,
+        }
+    }
+
+    /// Count of stage records with each outcome.
+    pub fn outcomes(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
+        outcome_counts(&self.stages)
+    }
+}
+
+/// Count of records with each outcome, per stage.
+pub fn outcome_counts(stages: &[StageRecord]) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut m: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for r in stages {
+        *m.entry(r.stage.clone())
+            .or_default()
+            .entry(r.outcome.name().to_string())
+            .or_default() += 1;
+    }
+    m
 }
 
 /// The model file: a path, or the name of a model c2i fetches (`smollm2`,
@@ -226,18 +289,26 @@ pub fn resolve_task_data(
     Ok(path)
 }
 
-/// Creates the salsa inputs, or updates only the fields that changed (so salsa keeps
-/// everything that does not depend on them).
-pub fn setup(db: &mut Database, prev: Option<Setup>, p: &Pipeline) -> Result<Setup, EngineError> {
+/// A pipeline's inputs, resolved: the model and data files by digest, the rows.
+pub struct Inputs {
+    pub model: Input,
+    pub model_path: PathBuf,
+    pub data: Input,
+    pub data_path: PathBuf,
+    pub task: Task,
+    pub calibration: Vec<usize>,
+    pub evaluation: Vec<usize>,
+    pub heldout: Vec<usize>,
+}
+
+/// Resolves and hashes the model and data files and draws the rows.
+pub fn inputs(ctx: &Ctx, p: &Pipeline) -> Result<Inputs, EngineError> {
     let model_path = resolve_model(&p.spec.model.path)?;
     let data_path = resolve_data(p)?;
-    let model_digest = *db.ctx().digest_path(&model_path)?.as_bytes();
-    let data_digest = *db.ctx().digest_path(&data_path)?.as_bytes();
+    let model_digest = ctx.digest_path(&model_path)?;
+    let data_digest = ctx.digest_path(&data_path)?;
     let task = p.task.clone();
-    let n_rows = db
-        .ctx()
-        .examples(&task, &data_path, &Digest::from_bytes(data_digest))?
-        .len();
+    let n_rows = ctx.examples(&task, &data_path, &data_digest)?.len();
     let share = task.selection_share;
     let too_few = |e: c2i_stages::data::DataError, field: &str| {
         EngineError::Invalid(format!(
@@ -261,56 +332,28 @@ pub fn setup(db: &mut Database, prev: Option<Setup>, p: &Pipeline) -> Result<Set
         p.spec.data.heldout.seed,
     )
     .map_err(|e| too_few(e, "data.heldout"))?;
-    let collapse = p.spec.search.collapse_threshold.to_bits();
-    let exec = crate::keys::Exec::parse(&p.spec.run.device, &p.spec.run.dtype).map_err(
-        |(field, expected)| {
-            EngineError::Invalid(format!(
-                "{}: {field}: expected {expected}",
-                p.file.display()
-            ))
+    let fetch = assets::MODELS
+        .iter()
+        .any(|m| m.name == p.spec.model.path)
+        .then(|| p.spec.model.path.clone());
+    Ok(Inputs {
+        model: Input::File {
+            digest: model_digest,
+            path: model_path.clone(),
+            fetch,
         },
-    )?;
-    let s = match prev {
-        None => {
-            return Ok(Setup::new(
-                db,
-                model_path,
-                model_digest,
-                data_path,
-                data_digest,
-                task,
-                sel.calibration,
-                sel.evaluation,
-                heldout,
-                p.spec.run.micro_batch,
-                p.spec.run.eval_batch,
-                collapse,
-                exec,
-            ))
-        }
-        Some(s) => s,
-    };
-    macro_rules! update {
-        ($get:ident, $set:ident, $v:expr) => {
-            let v = $v;
-            if s.$get(db).clone() != v {
-                s.$set(db).to(v);
-            }
-        };
-    }
-    update!(model_path, set_model_path, model_path);
-    update!(model_digest, set_model_digest, model_digest);
-    update!(data_path, set_data_path, data_path);
-    update!(data_digest, set_data_digest, data_digest);
-    update!(task, set_task, task);
-    update!(calibration, set_calibration, sel.calibration);
-    update!(evaluation, set_evaluation, sel.evaluation);
-    update!(heldout, set_heldout, heldout);
-    update!(micro_batch, set_micro_batch, p.spec.run.micro_batch);
-    update!(eval_batch, set_eval_batch, p.spec.run.eval_batch);
-    update!(collapse_bits, set_collapse_bits, collapse);
-    update!(exec, set_exec, exec);
-    Ok(s)
+        model_path,
+        data: Input::File {
+            digest: data_digest,
+            path: data_path.clone(),
+            fetch: None,
+        },
+        data_path,
+        task,
+        calibration: sel.calibration,
+        evaluation: sel.evaluation,
+        heldout,
+    })
 }
 
 /// The matrices searched.
@@ -334,7 +377,8 @@ pub fn score_of(spectra: &[BlockSpectrum], keep: f64, rule: ScoreRule) -> Result
     Ok(total)
 }
 
-fn rule(p: &Pipeline) -> ScoreRule {
+/// The score rule of a pipeline.
+pub fn rule(p: &Pipeline) -> ScoreRule {
     if p.spec.search.score == "first-order" {
         ScoreRule::FirstOrder
     } else {
@@ -351,47 +395,152 @@ fn ranking(rule: ScoreRule, value: f64) -> f64 {
     }
 }
 
-fn figures(out: &Out) -> Result<Figures, EngineError> {
-    let m = &out.0.metadata;
-    let selection: SelectionScore = serde_json::from_value(m["selection"].clone())
-        .map_err(|e| EngineError::Corrupt(format!("evaluation entry {}: {e}", out.0.key)))?;
+/// The candidates chosen from scored entries: top-k entries, or every entry of the
+/// top-k matrices. Ties go to (matrix, K, rho) order: deterministic.
+pub fn choose(
+    p: &Pipeline,
+    rule: ScoreRule,
+    mut entries: Vec<(Candidate, f64)>,
+) -> Vec<(Candidate, f64)> {
+    entries.sort_by(|a, b| {
+        ranking(rule, b.1)
+            .total_cmp(&ranking(rule, a.1))
+            .then(a.0.cmp(&b.0))
+    });
+    match p.spec.search.select {
+        Select::Entries => entries.into_iter().take(p.spec.search.top_k).collect(),
+        Select::Matrices => {
+            let mut chosen: Vec<MatrixId> = Vec::new();
+            for (c, _) in &entries {
+                if chosen.len() < p.spec.search.top_k && !chosen.contains(&c.matrix) {
+                    chosen.push(c.matrix);
+                }
+            }
+            let mut v = Vec::new();
+            for m in &chosen {
+                let mut mine: Vec<&(Candidate, f64)> =
+                    entries.iter().filter(|(c, _)| c.matrix == *m).collect();
+                mine.sort_by_key(|e| e.0);
+                v.extend(mine.into_iter().copied());
+            }
+            v
+        }
+    }
+}
+
+/// An evaluation's figures, with the collapse flag computed now from the stored
+/// prediction histogram and the pipeline's threshold (so changing the threshold
+/// changes the report without recomputing anything).
+pub fn figures(entry: &ActionEntry, collapse_threshold: f64) -> Result<Figures, EngineError> {
+    let s = evaluate::summary(entry)
+        .map_err(|e| EngineError::Corrupt(format!("evaluation entry {}: {e}", entry.key)))?;
+    let mut metrics = s.metrics;
+    if let Some(share) = metrics.get("max_predicted_share").and_then(|v| v.as_f64()) {
+        metrics["collapse_threshold"] = collapse_threshold.into();
+        metrics["collapsed"] = (share > collapse_threshold).into();
+    }
     Ok(Figures {
-        samples: m["samples"].as_u64().unwrap_or(0) as usize,
-        accuracy: selection.accuracy,
-        log_loss: m["log_loss"].as_f64().unwrap_or(f64::NAN),
-        metrics: m["metrics"].clone(),
-        selection,
+        samples: s.samples,
+        accuracy: s.selection.accuracy,
+        log_loss: s.log_loss,
+        metrics,
+        selection: s.selection,
     })
 }
 
-/// Runs `p` against the database; `prev` is the setup of an earlier variant in
-/// this process (a sweep), reused so salsa can skip unchanged work.
+/// Resolves waves of actions: looks each up, has the executor compute the rest,
+/// records how each was satisfied, and keeps the lock book.
+pub struct Waves<'a> {
+    pub ctx: &'a Ctx,
+    pub exec: &'a mut dyn Executor,
+    pub book: &'a mut LockBook,
+}
+
+impl Waves<'_> {
+    /// The entry of every action of `actions` (independent of each other), in order.
+    pub fn ensure(&mut self, actions: &[Action]) -> Result<Vec<Arc<ActionEntry>>, EngineError> {
+        self.book.expect(actions)?;
+        let ctx = self.ctx;
+        let mut out: Vec<Option<Arc<ActionEntry>>> = vec![None; actions.len()];
+        let mut todo = Vec::new();
+        let mut at = Vec::new();
+        for (i, a) in actions.iter().enumerate() {
+            let started = Instant::now();
+            ctx.plan(a)?;
+            match ctx.find(a)? {
+                Found::Ready(e, outcome) => {
+                    ctx.record(a, outcome, None, started, None);
+                    out[i] = Some(e);
+                }
+                Found::Missing(miss) => {
+                    todo.push((a.clone(), miss));
+                    at.push(i);
+                }
+            }
+        }
+        if !todo.is_empty() {
+            let started = Instant::now();
+            let ran = self.exec.run(ctx, &todo)?;
+            for (((a, miss), r), i) in todo.iter().zip(ran).zip(at) {
+                ctx.record(a, miss.outcome, miss.note.clone(), started, Some(r.on));
+                out[i] = Some(Arc::new(r.entry));
+            }
+        }
+        let mut entries = Vec::with_capacity(actions.len());
+        for (a, e) in actions.iter().zip(out) {
+            let e = e.ok_or_else(|| {
+                EngineError::Executor(format!("{} {} was not computed", a.stage, a.instance))
+            })?;
+            self.book.record(a, &e)?;
+            ctx.remember(e.clone());
+            entries.push(e);
+        }
+        Ok(entries)
+    }
+
+    /// One action's entry.
+    pub fn one(&mut self, action: Action) -> Result<Arc<ActionEntry>, EngineError> {
+        let mut v = self.ensure(std::slice::from_ref(&action))?;
+        v.pop()
+            .ok_or_else(|| EngineError::Executor(format!("{} was not computed", action.stage)))
+    }
+}
+
+fn info<'a>(
+    digests: &'a MatrixDigests,
+    m: MatrixId,
+    model: &Path,
+) -> Result<&'a MatrixInfo, EngineError> {
+    digests.get(&m.hf_name()).ok_or_else(|| {
+        EngineError::Invalid(format!(
+            "{}: the model has no matrix {} (search.layers or search.matrices name one it lacks)",
+            model.display(),
+            m.hf_name()
+        ))
+    })
+}
+
+/// Runs `p`: every stage instance is looked up in `ctx`'s caches or computed by `exec`;
+/// `book` collects (or, with `--frozen`, checks) the lock.
 pub fn run(
-    db: &mut Database,
-    prev: Option<Setup>,
+    ctx: &Ctx,
+    exec: &mut dyn Executor,
+    book: &mut LockBook,
     p: &Pipeline,
     until: Option<Until>,
-) -> Result<(Setup, RunResult), EngineError> {
+) -> Result<RunResult, EngineError> {
     let started = Instant::now();
-    let log_start = db.ctx().log_len();
-    let s = setup(db, prev, p)?;
-    let db: &Database = db;
-    let n_layers = {
-        // The layer count, from the model config (cheap once loaded; on a warm run
-        // the sv-grads of every layer are cached, so read it from the file header).
-        let path = s.model_path(db).clone();
-        c2i_stages::model::weights::layer_count(&path)?
-    };
+    let log_start = ctx.log_len();
+    let inp = inputs(ctx, p)?;
+    // The layer count from the file header (a warm run never loads the model).
+    let n_layers = c2i_stages::model::weights::layer_count(&inp.model_path)?;
     let matrices = search_matrices(p, n_layers);
     let rule = rule(p);
-    let ds = db.ctx().examples(
-        s.task(db),
-        s.data_path(db),
-        &Digest::from_bytes(s.data_digest(db)),
-    )?;
+    let threshold = p.spec.search.collapse_threshold;
+    let ds = ctx.examples(&inp.task, &inp.data_path, &inp.data.digest())?;
     let task = &p.task;
     let data_info = DataInfo {
-        digest: Digest::from_bytes(s.data_digest(db)).to_hex(),
+        digest: inp.data.digest().to_hex(),
         format: ds.format,
         rows: ds.len(),
         skipped: ds.skipped.len(),
@@ -400,12 +549,7 @@ pub fn run(
             .len(),
         selection_share: task.selection_share,
     };
-    let task_info = TaskInfo {
-        name: task.name().to_string(),
-        digest: task.digest().to_string(),
-        file: task.origin.clone(),
-        definition: task.canonical(),
-    };
+    let task_info = TaskInfo::of(task);
     let mut result = RunResult {
         task: task.name().to_string(),
         model: p.spec.model.path.clone(),
@@ -420,195 +564,267 @@ pub fn run(
         resolved: serde_json::to_value(&p.spec)?,
         export: None,
         rows: BTreeMap::from([
-            ("calibration".to_string(), s.calibration(db).clone()),
-            ("evaluation".to_string(), s.evaluation(db).clone()),
-            ("heldout".to_string(), s.heldout(db).clone()),
+            ("calibration".to_string(), inp.calibration.clone()),
+            ("evaluation".to_string(), inp.evaluation.clone()),
+            ("heldout".to_string(), inp.heldout.clone()),
         ]),
-        data: s.data_path(db).clone(),
-        exec: s.exec(db).clone(),
-        data_info,
+        data: inp.data_path.clone(),
+        data_info: Some(data_info),
         task_info,
+        device: p.device.clone(),
         remote: None,
+        executor: exec.kind().name().to_string(),
+        jobs: serde_json::Value::Null,
+        lock: None,
     };
-    let finish = |mut result: RunResult, db: &Database| {
-        result.stages = db.ctx().log_since(log_start);
-        result.remote = db.ctx().remote_summary();
+    let finish = |mut result: RunResult, exec: &dyn Executor| {
+        result.stages = ctx.log_since(log_start);
+        result.remote = ctx.remote_summary();
         result.seconds = started.elapsed().as_secs_f64();
-        Ok((s, result))
+        result.jobs = exec.jobs();
+        result
+    };
+    let mut w = Waves {
+        ctx,
+        exec: &mut *exec,
+        book: &mut *book,
     };
 
-    // Candidates to evaluate, with their scores.
-    let mut candidates: Vec<(Candidate, Option<f64>)> = Vec::new();
-    match p.spec.search.mode {
-        SearchMode::Gradient => {
-            stage(db::gradients(db, s))?;
-            if until == Some(Until::Gradients) {
-                return finish(result, db);
-            }
-            for &m in &matrices {
-                for &k in &p.spec.search.blocks {
-                    stage(db::factors(db, MatrixReq::new(db, s, m, k)))?;
-                }
-            }
-            if until == Some(Until::Factors) {
-                return finish(result, db);
-            }
-            let mut entries = Vec::new();
-            for &m in &matrices {
-                for &k in &p.spec.search.blocks {
-                    let out = stage(db::sv_grads(db, MatrixReq::new(db, s, m, k)))?;
-                    let sp = spectra(&out.0)?;
-                    for &keep in &p.keep {
-                        let score = score_of(&sp, keep, rule)?;
-                        if !score.is_finite() {
-                            return Err(EngineError::Invalid(format!(
-                                "{} K={k} keep={keep}: score is not finite",
-                                m.hf_name()
-                            )));
-                        }
-                        entries.push((Candidate::new(m, k, keep), score));
-                        result.scores.push(Scored {
-                            matrix: m.hf_name(),
-                            layer: m.layer,
-                            kind: m.kind.short().to_string(),
-                            blocks: k,
-                            keep,
-                            score,
-                        });
-                    }
-                }
-            }
-            if until == Some(Until::Scores) {
-                return finish(result, db);
-            }
-            // Top-k by ranking value, ties to (matrix, K, rho) order: deterministic.
-            entries.sort_by(|a, b| {
-                ranking(rule, b.1)
-                    .total_cmp(&ranking(rule, a.1))
-                    .then(a.0.cmp(&b.0))
-            });
-            candidates = match p.spec.search.select {
-                Select::Entries => entries
-                    .into_iter()
-                    .take(p.spec.search.top_k)
-                    .map(|(c, v)| (c, Some(v)))
-                    .collect(),
-                Select::Matrices => {
-                    let mut chosen: Vec<MatrixId> = Vec::new();
-                    for (c, _) in &entries {
-                        if chosen.len() < p.spec.search.top_k && !chosen.contains(&c.matrix) {
-                            chosen.push(c.matrix);
-                        }
-                    }
-                    let mut v: Vec<(Candidate, Option<f64>)> = Vec::new();
-                    for m in &chosen {
-                        let mut mine: Vec<&(Candidate, f64)> =
-                            entries.iter().filter(|(c, _)| c.matrix == *m).collect();
-                        mine.sort_by_key(|e| e.0);
-                        v.extend(mine.into_iter().map(|(c, s)| (*c, Some(*s))));
-                    }
-                    v
-                }
-            };
-        }
-        SearchMode::Laser => {
-            for &m in &matrices {
-                for &k in &p.spec.search.blocks {
-                    for &keep in &p.keep {
-                        candidates.push((Candidate::new(m, k, keep), None));
-                    }
-                }
+    // Wave 1: the matrices' content digests (factors are keyed by them).
+    let md = w.one(matrix_digests::action(&inp.model)?)?;
+    let digests = matrix_digests::read(ctx, &md)?;
+
+    // Wave 2: the gradient pass and every factorization, all independent.
+    let gradient_mode = p.spec.search.mode == SearchMode::Gradient;
+    let mut wave = Vec::new();
+    if gradient_mode {
+        wave.push(gradients::action(
+            &inp.model,
+            &inp.data,
+            &inp.task,
+            &inp.calibration,
+            p.spec.run.micro_batch,
+            &p.device,
+        )?);
+    }
+    let n_grad = wave.len();
+    let mut pairs = Vec::new();
+    if until != Some(Until::Gradients) {
+        for &m in &matrices {
+            for &k in &p.spec.search.blocks {
+                wave.push(factors::action(
+                    &inp.model,
+                    m,
+                    info(&digests, m, &inp.model_path)?,
+                    k,
+                    &p.device,
+                )?);
+                pairs.push((m, k));
             }
         }
     }
+    let got = w.ensure(&wave)?;
+    if until == Some(Until::Gradients) {
+        return Ok(finish(result, exec));
+    }
+    let grads = got.first().filter(|_| n_grad == 1).cloned();
+    let facts: BTreeMap<(MatrixId, usize), Arc<ActionEntry>> = pairs
+        .iter()
+        .copied()
+        .zip(got[n_grad..].iter().cloned())
+        .collect();
+    if until == Some(Until::Factors) {
+        return Ok(finish(result, exec));
+    }
 
-    // Evaluations: the base model, then each candidate (prefix reuse per layer).
+    // Candidates to evaluate, with their scores.
+    let candidates: Vec<(Candidate, Option<f64>)> = match (p.spec.search.mode, &grads) {
+        (SearchMode::Gradient, Some(grads)) => {
+            // Wave 3: singular-value gradients.
+            let mut wave = Vec::new();
+            for &(m, k) in &pairs {
+                wave.push(sv_grads::action(m, k, &facts[&(m, k)], grads)?);
+            }
+            let svg = w.ensure(&wave)?;
+            let mut entries = Vec::new();
+            for (&(m, k), e) in pairs.iter().zip(&svg) {
+                let sp = sv_grads::spectra(ctx, e)?;
+                for &keep in &p.keep {
+                    let score = score_of(&sp, keep, rule)?;
+                    if !score.is_finite() {
+                        return Err(EngineError::Invalid(format!(
+                            "{} K={k} keep={keep}: score is not finite",
+                            m.hf_name()
+                        )));
+                    }
+                    entries.push((Candidate::new(m, k, keep), score));
+                    result.scores.push(Scored {
+                        matrix: m.hf_name(),
+                        layer: m.layer,
+                        kind: m.kind.short().to_string(),
+                        blocks: k,
+                        keep,
+                        score,
+                    });
+                }
+            }
+            if until == Some(Until::Scores) {
+                return Ok(finish(result, exec));
+            }
+            choose(p, rule, entries)
+                .into_iter()
+                .map(|(c, s)| (c, Some(s)))
+                .collect()
+        }
+        _ => {
+            let mut v = Vec::new();
+            for &(m, k) in &pairs {
+                for &keep in &p.keep {
+                    v.push((Candidate::new(m, k, keep), None));
+                }
+            }
+            v
+        }
+    };
+
+    // Wave 4: the base model and every candidate on the selection rows (several
+    // candidates per layer share the base model's hidden states there), and the base
+    // model on the held-out rows.
+    let of = |rows: Rows| EvalOf {
+        model: &inp.model,
+        data: &inp.data,
+        task: &inp.task,
+        rows,
+        row_list: match rows {
+            Rows::Selection => &inp.evaluation,
+            Rows::Heldout => &inp.heldout,
+        },
+        eval_batch: p.spec.run.eval_batch,
+        device: &p.device,
+    };
     let mut layers: Vec<usize> = candidates.iter().map(|(c, _)| c.matrix.layer).collect();
     layers.sort();
     layers.dedup();
-    db.ctx().set_prefix_layers(layers);
-    let base_sel = stage(db::evaluate(db, EvalReq::new(db, s, Rows::Selection, None)))?;
-    let mut scored: Vec<(Candidate, Option<f64>, Out)> = Vec::new();
-    for (c, score) in candidates {
-        let out = stage(db::evaluate(
-            db,
-            EvalReq::new(db, s, Rows::Selection, Some(c)),
-        ))?;
+    w.exec.hint_prefix_layers(ctx, &layers);
+    let mut wave = vec![evaluate::action(&of(Rows::Selection), None)?];
+    for (c, _) in &candidates {
+        let f = &facts[&(c.matrix, c.blocks)];
+        wave.push(evaluate::action(&of(Rows::Selection), Some((*c, f)))?);
+    }
+    if until != Some(Until::Evaluate) {
+        wave.push(evaluate::action(&of(Rows::Heldout), None)?);
+    }
+    let evals = w.ensure(&wave)?;
+    for ((c, score), e) in candidates.iter().zip(&evals[1..]) {
         result.candidates.push(Evaluated {
             matrix: c.matrix.hf_name(),
             layer: c.matrix.layer,
             blocks: c.blocks,
             keep: c.keep(),
-            score,
-            selection: figures(&out)?,
+            score: *score,
+            selection: figures(e, threshold)?,
         });
-        scored.push((c, score, out));
     }
     if until == Some(Until::Evaluate) {
-        return finish(result, db);
+        return Ok(finish(result, exec));
     }
-    let base_held = stage(db::evaluate(db, EvalReq::new(db, s, Rows::Heldout, None)))?;
+    let base_held = &evals[evals.len() - 1];
     result.baseline = Some(BTreeMap::from([
-        ("selection".to_string(), figures(&base_sel)?),
-        ("heldout".to_string(), figures(&base_held)?),
+        ("selection".to_string(), figures(&evals[0], threshold)?),
+        ("heldout".to_string(), figures(base_held, threshold)?),
     ]));
+
+    // Wave 5: the winner on the held-out rows, then its export.
     let pool: Vec<(Candidate, SelectionScore)> = result
         .candidates
         .iter()
-        .zip(&scored)
-        .map(|(e, (c, _, _))| (*c, e.selection.selection))
+        .zip(&candidates)
+        .map(|(e, (c, _))| (*c, e.selection.selection))
         .collect();
     if let Some(i) = select_best(p.spec.search.selection_metric, &pool)? {
-        let (c, _, out) = &scored[i];
-        let held = stage(db::evaluate(
-            db,
-            EvalReq::new(db, s, Rows::Heldout, Some(*c)),
-        ))?;
+        let c = candidates[i].0;
+        let f = facts[&(c.matrix, c.blocks)].clone();
+        w.exec.hint_prefix_layers(ctx, &[]);
+        let held = w.one(evaluate::action(&of(Rows::Heldout), Some((c, &f)))?)?;
         result.best = Some(Best {
             matrix: c.matrix.hf_name(),
             blocks: c.blocks,
             keep: c.keep(),
-            selection: figures(out)?,
-            heldout: figures(&held)?,
+            selection: result.candidates[i].selection.clone(),
+            heldout: figures(&held, threshold)?,
         });
         let o = &p.spec.output;
         if o.dense || o.factored {
             result.export = Some(crate::export::export(
-                db, s, *c, &o.dir, o.dense, o.factored, o.dtype,
+                ctx,
+                &inp,
+                c,
+                &f,
+                &o.dir,
+                o.dense,
+                o.factored,
+                o.dtype,
+                book_frozen(w.book),
             )?);
         }
     }
-    finish(result, db)
+    let export_digests = result
+        .export
+        .as_ref()
+        .map(|e| e.digests.clone())
+        .unwrap_or_default();
+    result.lock = Some(w.book.finish(export_digests)?);
+    Ok(finish(result, exec))
 }
 
-/// Writes `run.json` (stage keys, outcomes, seconds, resolved parameters, versions,
-/// and what was pulled from, pushed to or rejected from the remote cache).
-pub fn write_run_json(dir: &Path, r: &RunResult) -> Result<PathBuf, EngineError> {
+fn book_frozen(book: &LockBook) -> bool {
+    book.is_frozen()
+}
+
+/// Writes `run.json` (stage keys, outcomes, where each computed instance ran,
+/// seconds, resolved parameters, versions, what was pulled from, pushed to or
+/// rejected from the remote cache, and the error of a failed run).
+pub fn write_run_json(
+    dir: &Path,
+    r: &RunResult,
+    error: Option<&str>,
+) -> Result<PathBuf, EngineError> {
     std::fs::create_dir_all(dir).map_err(|source| EngineError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
     let path = dir.join("run.json");
-    let json = serde_json::json!({
-        "versions": crate::keys::environment(&r.exec).into_iter().collect::<BTreeMap<_, _>>(),
+    let mut json = serde_json::json!({
+        "versions": crate::action::environment(&r.device),
         "parameters": r.resolved,
+        "executor": r.executor,
         "stages": r.stages,
         "outcomes": r.outcomes(),
         "seconds": r.seconds,
         "remote": r.remote,
     });
+    if !r.jobs.is_null() {
+        json["jobs"] = r.jobs.clone();
+    }
+    if let Some(e) = error {
+        json["error"] = e.into();
+    }
     write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
     Ok(path)
 }
 
+/// Writes `bytes` to `path` through a temporary file in the same directory, fsynced
+/// and renamed into place: `path` holds the old bytes or the new ones, never part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    use std::io::Write;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|source| EngineError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| EngineError::Io { path: p, source }
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))
 }

@@ -191,8 +191,120 @@ fn default_collapse() -> f64 {
     0.95
 }
 
+/// Where stage instances run (`[run] executor`, `c2i run --executor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// In this process (the default).
+    #[default]
+    Local,
+    /// `run.jobs` worker processes on this machine, sharing the cache.
+    Pool,
+    /// Slurm job arrays of `c2i worker run`, through a shared cache (`[cache] remote`).
+    Slurm,
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(ExecutorKind::Local),
+            "pool" => Ok(ExecutorKind::Pool),
+            "slurm" => Ok(ExecutorKind::Slurm),
+            other => Err(format!(
+                "unknown executor `{other}`: expected local, pool or slurm"
+            )),
+        }
+    }
+}
+
+impl ExecutorKind {
+    /// The name used in files and records.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Pool => "pool",
+            ExecutorKind::Slurm => "slurm",
+        }
+    }
+}
+
+/// How the `slurm` executor submits work (`[run.slurm]`). Every stage instance that
+/// must be computed becomes one task of a job array running `c2i worker run KEY`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSpec {
+    /// `sbatch --partition`.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// `sbatch --time` (e.g. `"01:00:00"`).
+    #[serde(default)]
+    pub time: Option<String>,
+    /// `sbatch --mem` (e.g. `"8G"`).
+    #[serde(default)]
+    pub mem: Option<String>,
+    /// `sbatch --cpus-per-task`; a worker uses that many threads.
+    #[serde(default)]
+    pub cpus_per_task: Option<u32>,
+    /// `sbatch --gres` (e.g. `"gpu:1"`).
+    #[serde(default)]
+    pub gres: Option<String>,
+    /// At most this many tasks of an array run at once (`--array=0-N%M`).
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+    /// Actions computed one after the other by each array task (default 1): more
+    /// amortizes a worker's start (loading the model) over short actions.
+    #[serde(default = "default_actions_per_task")]
+    pub actions_per_task: u32,
+    /// More `sbatch` arguments, as given (e.g. `["--account=ml", "--qos=short"]`).
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// Seconds between two looks at the queue (`squeue`).
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: f64,
+    /// Where job scripts, logs and exit files go (default `OUTPUT_DIR/slurm`); must be
+    /// on a file system the compute nodes share with this machine.
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
+    /// The command that starts c2i on a compute node (default: this very binary, by
+    /// its absolute path).
+    #[serde(default)]
+    pub worker_command: Option<String>,
+    /// The local cache directory of the workers (default: the coordinator's own, which
+    /// is right when it is on a shared file system; a node-local scratch directory
+    /// otherwise, results then travel through `[cache] remote`).
+    #[serde(default)]
+    pub worker_cache: Option<PathBuf>,
+}
+
+fn default_poll_secs() -> f64 {
+    5.0
+}
+fn default_actions_per_task() -> u32 {
+    1
+}
+
+impl Default for SlurmSpec {
+    fn default() -> Self {
+        SlurmSpec {
+            partition: None,
+            time: None,
+            mem: None,
+            cpus_per_task: None,
+            gres: None,
+            max_parallel: None,
+            actions_per_task: default_actions_per_task(),
+            extra_args: Vec::new(),
+            poll_secs: default_poll_secs(),
+            log_dir: None,
+            worker_command: None,
+            worker_cache: None,
+        }
+    }
+}
+
 /// Knobs that change how work runs, not what it means.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
     /// Samples per forward/backward in the gradient pass.
@@ -201,6 +313,18 @@ pub struct RunSpec {
     /// Samples per forward in evaluations.
     #[serde(default = "default_eval_batch")]
     pub eval_batch: usize,
+    /// Where stage instances run.
+    #[serde(default)]
+    pub executor: ExecutorKind,
+    /// Worker processes of the `pool` executor.
+    #[serde(default = "default_jobs")]
+    pub jobs: usize,
+    /// How often a stage instance whose worker died or was cancelled is tried again
+    /// (an instance that fails by itself, e.g. on a malformed input, is not).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub slurm: SlurmSpec,
     /// Where the gradient pass, the block SVDs and the evaluations run: `cpu` (the
     /// default), `cuda` or `cuda:N` (a c2i built with `--features cuda`).
     #[serde(default = "default_device")]
@@ -224,12 +348,22 @@ fn default_micro_batch() -> usize {
 fn default_eval_batch() -> usize {
     16
 }
+fn default_jobs() -> usize {
+    2
+}
+fn default_retries() -> u32 {
+    2
+}
 
 impl Default for RunSpec {
     fn default() -> Self {
         RunSpec {
             micro_batch: default_micro_batch(),
             eval_batch: default_eval_batch(),
+            executor: ExecutorKind::Local,
+            jobs: default_jobs(),
+            retries: default_retries(),
+            slurm: SlurmSpec::default(),
             device: default_device(),
             dtype: default_dtype_name(),
         }
@@ -260,8 +394,8 @@ fn default_true() -> bool {
     true
 }
 
-/// Where the cache lives.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+/// Where the cache lives, and what of a shared one to trust.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
     /// Default `$C2I_HOME/cache`; `--cache DIR` overrides.
@@ -280,6 +414,37 @@ pub struct CacheSpec {
     /// Longest time one remote request may take, in seconds (default 300).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Whether `endpoint` may be plain `http://`: requests signed with your
+    /// credentials would travel unencrypted.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Write what the run computed to the remote (false: a reader that never writes;
+    /// `c2i run --no-push`).
+    #[serde(default = "default_true")]
+    pub push: bool,
+    /// A private key (PKCS#8 PEM from `c2i cache keygen`) that signs every entry the
+    /// run writes; `C2I_SIGNING_KEY` wins over it.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// Public keys (`ed25519:BASE64`): when set, a remote entry is used only if one of
+    /// them signed it. `C2I_TRUSTED_KEYS` (comma-separated) wins over it.
+    #[serde(default)]
+    pub trusted_keys: Option<Vec<String>>,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            dir: None,
+            remote: None,
+            endpoint: None,
+            timeout_secs: None,
+            allow_http: false,
+            push: true,
+            signing_key: None,
+            trusted_keys: None,
+        }
+    }
 }
 
 /// A whole pipeline, as written in the file (after overrides and defaults).
@@ -308,6 +473,8 @@ pub struct Pipeline {
     pub spec: Spec,
     /// The task `data.task` names, parsed and validated.
     pub task: Task,
+    /// Where the stages compute (`run.device`, `run.dtype`), checked.
+    pub device: crate::action::DeviceSpec,
     /// The matrix kinds searched.
     pub kinds: Vec<MatrixKind>,
     /// rho values (from `keep`, or from `rate`).
@@ -435,6 +602,15 @@ impl Pipeline {
         if let Some(d) = &spec.cache.dir {
             spec.cache.dir = Some(resolve(d));
         }
+        if let Some(k) = &spec.cache.signing_key {
+            spec.cache.signing_key = Some(resolve(k));
+        }
+        if let Some(d) = &spec.run.slurm.log_dir {
+            spec.run.slurm.log_dir = Some(resolve(d));
+        }
+        if let Some(d) = &spec.run.slurm.worker_cache {
+            spec.run.slurm.worker_cache = Some(resolve(d));
+        }
         if !c2i_stages::assets::MODELS
             .iter()
             .any(|m| m.name == spec.model.path)
@@ -450,7 +626,7 @@ impl Pipeline {
             field: field.to_string(),
             expected: expected.to_string(),
         };
-        crate::keys::Exec::parse(&spec.run.device, &spec.run.dtype)
+        let device = crate::action::DeviceSpec::parse(&spec.run.device, &spec.run.dtype)
             .map_err(|(field, expected)| bad(field, &expected))?;
         let s = &spec.search;
         let kinds: Vec<MatrixKind> = match &s.matrices {
@@ -533,6 +709,36 @@ impl Pipeline {
                 ));
             }
         }
+        if let Some(keys) = &spec.cache.trusted_keys {
+            if let Err(e) = c2i_cache::TrustedKeys::parse(keys) {
+                return Err(bad(
+                    "cache.trusted_keys",
+                    &format!("public keys `ed25519:BASE64`: {e}"),
+                ));
+            }
+        }
+        if let Some(e) = &spec.cache.endpoint {
+            if e.starts_with("http://") && !spec.cache.allow_http {
+                return Err(bad(
+                    "cache.endpoint",
+                    &format!(
+                        "an https:// endpoint: `{e}` is plain HTTP, so requests signed with your \
+                         credentials would travel unencrypted (set `allow_http = true` in [cache] \
+                         to allow it)"
+                    ),
+                ));
+            }
+        }
+        if spec.run.jobs == 0 {
+            return Err(bad("run.jobs", "at least 1 worker process"));
+        }
+        let sl = &spec.run.slurm;
+        if !(sl.poll_secs > 0.0 && sl.poll_secs <= 3600.0) {
+            return Err(bad("run.slurm.poll_secs", "seconds in (0, 3600]"));
+        }
+        if sl.max_parallel == Some(0) || sl.cpus_per_task == Some(0) {
+            return Err(bad("run.slurm", "positive max_parallel and cpus_per_task"));
+        }
         if spec.cache.timeout_secs == Some(0) {
             return Err(bad("cache.timeout_secs", "a positive number of seconds"));
         }
@@ -554,6 +760,7 @@ impl Pipeline {
             file: file.to_path_buf(),
             spec,
             task,
+            device,
             kinds,
             keep,
         })
@@ -663,6 +870,14 @@ dir = "out/x"
             ("search.layers=middle", "search.layers"),
             ("cache.remote=relative/dir", "cache.remote"),
             ("cache.remote=\"ftp://x/y\"", "cache.remote"),
+            (
+                "cache.trusted_keys=[\"ssh-rsa AAAA\"]",
+                "cache.trusted_keys",
+            ),
+            ("cache.endpoint=\"http://10.0.0.1:9000\"", "cache.endpoint"),
+            ("run.executor=cloud", "run.executor"),
+            ("run.jobs=0", "run.jobs"),
+            ("run.slurm.poll_secs=0", "run.slurm.poll_secs"),
         ] {
             let e = parse(MINIMAL, &[o]).unwrap_err().to_string();
             assert!(e.contains(field), "{o}: {e}");
@@ -682,6 +897,34 @@ dir = "out/x"
             }
         }
         assert!(n >= 6, "only {n} pipelines in {}", dir.display());
+    }
+
+    #[test]
+    fn executor_and_trust_settings() {
+        let p = parse(
+            MINIMAL,
+            &[
+                "run.executor=slurm",
+                "run.slurm.partition=gpu",
+                "run.slurm.extra_args=[\"--qos=short\"]",
+                "cache.signing_key=keys/ci.pem",
+                "cache.push=false",
+                "cache.endpoint=\"http://127.0.0.1:9000\"",
+                "cache.allow_http=true",
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.spec.run.executor, ExecutorKind::Slurm);
+        assert_eq!(p.spec.run.slurm.partition.as_deref(), Some("gpu"));
+        assert_eq!(p.spec.run.slurm.poll_secs, 5.0);
+        assert_eq!(p.spec.run.retries, 2);
+        assert!(!p.spec.cache.push);
+        assert_eq!(
+            p.spec.cache.signing_key,
+            Some(PathBuf::from("/p/keys/ci.pem"))
+        );
+        let d = parse(MINIMAL, &[]).unwrap();
+        assert!(d.spec.cache.push && d.spec.run.executor == ExecutorKind::Local);
     }
 
     #[test]

@@ -3,147 +3,196 @@
 //! same stage (a parameter's old and new value, an input that changed, a version).
 //!
 //! Keys are computed without running any stage; the only work done is hashing the
-//! model and data files (stat-cached) and, once per model, each matrix's content.
-//! Evaluations are listed when the scores that choose them are already cached.
+//! model and data files (stat-cached). A key is built from the digests of its inputs'
+//! outputs, so the key of an instance whose upstream is not cached yet cannot be known:
+//! such lines say which upstream it waits for. Evaluations are listed when the scores
+//! that choose them are cached.
 
-use crate::db::{self, Candidate, Database, EngineDb, MatrixReq, Setup};
-use crate::runner::{score_of, search_matrices};
-use crate::spec::{Pipeline, SearchMode, Select};
-use crate::stages::{evaluate_parts, gradients_parts, spectra};
-use crate::{keys, EngineError};
-use c2i_cache::{Digest, KeyParts, Lookup};
-use c2i_stages::score::ScoreRule;
+use crate::action::Action;
+use crate::ctx::Ctx;
+use crate::runner::{choose, inputs, rule, score_of, search_matrices};
+use crate::spec::{Pipeline, SearchMode};
+use crate::stages::evaluate::{self, Candidate, EvalOf, Rows};
+use crate::stages::{factors, gradients, matrix_digests, sv_grads};
+use crate::EngineError;
+use c2i_cache::{ActionEntry, Lookup};
+use c2i_stages::model::MatrixId;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One stage instance.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusLine {
     pub stage: String,
     pub instance: String,
+    /// Empty when the key cannot be known yet.
     pub key: String,
     pub cached: bool,
-    /// For to-run instances: what differs from the closest cached entry.
+    /// For to-run instances: what differs from the closest cached entry, or which
+    /// upstream the key waits for.
     pub why: Vec<String>,
 }
 
-fn line(db: &Database, parts: &KeyParts, instance: String) -> Result<StatusLine, EngineError> {
-    let store = &db.ctx().store;
-    let key = parts.key();
-    let cached = matches!(store.lookup(&key)?, Lookup::Hit(_));
-    let why = if cached {
+/// The usable cached entry of `action`, and its status line.
+fn line(ctx: &Ctx, action: &Action) -> Result<(Option<ActionEntry>, StatusLine), EngineError> {
+    let store = &ctx.store;
+    let key = action.key();
+    let entry = match store.lookup(&key)? {
+        Lookup::Hit(e) if crate::stages::check(&e).is_ok() => Some(e),
+        _ => None,
+    };
+    let why = if entry.is_some() {
         Vec::new()
     } else {
-        match store.closest_entry(parts)? {
+        match store.closest_entry(action.parts())? {
             Some(c) if c.changes.is_empty() => {
-                vec!["same key, but its entry or a blob is missing".into()]
+                vec!["same key, but its entry or a blob is missing or unusable".into()]
             }
             Some(c) => c.changes.iter().map(|x| x.to_string()).collect(),
-            None => vec![format!("no cached {} entry yet", parts.stage)],
+            None => vec![format!("no cached {} entry yet", action.stage)],
         }
     };
-    Ok(StatusLine {
-        stage: parts.stage.clone(),
-        instance,
+    let l = StatusLine {
+        stage: action.stage.clone(),
+        instance: action.instance.clone(),
         key: key.to_hex(),
-        cached,
+        cached: entry.is_some(),
         why,
-    })
+    };
+    Ok((entry, l))
 }
 
-/// Lists every stage instance of `p`.
-pub fn status(db: &mut Database, p: &Pipeline) -> Result<(Setup, Vec<StatusLine>), EngineError> {
-    let s = crate::runner::setup(db, None, p)?;
-    let db: &Database = db;
-    let mut out = Vec::new();
-    let n_layers = c2i_stages::model::weights::layer_count(s.model_path(db))?;
-    let matrices = search_matrices(p, n_layers);
-    let gparts = gradients_parts(db, s)?;
-    if p.spec.search.mode == SearchMode::Gradient {
-        out.push(line(db, &gparts, "all matrices".into())?);
+fn unknown(stage: &str, instance: String, waits_for: &str) -> StatusLine {
+    StatusLine {
+        stage: stage.to_string(),
+        instance,
+        key: String::new(),
+        cached: false,
+        why: vec![format!(
+            "key not known yet: it is made from the output digests of {waits_for}, not cached yet"
+        )],
     }
-    let mut all_scores = true;
-    let mut entries: Vec<(Candidate, f64)> = Vec::new();
-    let rule = if p.spec.search.score == "first-order" {
-        ScoreRule::FirstOrder
+}
+
+/// Lists every stage instance of `p` whose key can be known, and the others.
+pub fn status(ctx: &Ctx, p: &Pipeline) -> Result<Vec<StatusLine>, EngineError> {
+    let inp = inputs(ctx, p)?;
+    let mut out = Vec::new();
+    let n_layers = c2i_stages::model::weights::layer_count(&inp.model_path)?;
+    let matrices = search_matrices(p, n_layers);
+    let gradient_mode = p.spec.search.mode == SearchMode::Gradient;
+    let (md, l) = line(ctx, &matrix_digests::action(&inp.model)?)?;
+    out.push(l);
+    let grads = if gradient_mode {
+        let (g, l) = line(
+            ctx,
+            &gradients::action(
+                &inp.model,
+                &inp.data,
+                &inp.task,
+                &inp.calibration,
+                p.spec.run.micro_batch,
+                &p.device,
+            )?,
+        )?;
+        out.push(l);
+        g
     } else {
-        ScoreRule::NegativeSvGrad
+        None
     };
+    let digests = match &md {
+        Some(e) => Some(matrix_digests::read(ctx, e)?),
+        None => None,
+    };
+    let mut facts: BTreeMap<(MatrixId, usize), Option<ActionEntry>> = BTreeMap::new();
+    let mut entries: Vec<(Candidate, f64)> = Vec::new();
+    let mut all_scores = gradient_mode;
+    let r = rule(p);
     for &m in &matrices {
         for &k in &p.spec.search.blocks {
-            let digest =
-                db::matrix_digest(db, MatrixReq::new(db, s, m, 0)).map_err(EngineError::Stage)?;
-            let fparts = keys::factors(s.exec(db), &Digest::from_bytes(digest), k)?;
-            out.push(line(db, &fparts, format!("{} K={k}", m.hf_name()))?);
-            if p.spec.search.mode == SearchMode::Laser {
-                for &keep in &p.keep {
-                    entries.push((Candidate::new(m, k, keep), 0.0));
+            let inst = factors::instance(m, k);
+            let f = match digests.as_ref().and_then(|d| d.get(&m.hf_name())) {
+                Some(info) => {
+                    let (f, l) = line(ctx, &factors::action(&inp.model, m, info, k, &p.device)?)?;
+                    out.push(l);
+                    f
                 }
-                continue;
-            }
-            let sparts = keys::sv_grads(s.exec(db), m, &fparts.key(), &gparts.key())?;
-            let l = line(db, &sparts, format!("{} K={k}", m.hf_name()))?;
-            if l.cached {
-                if let Some(e) = db.ctx().store.read_entry(&sparts.key())? {
-                    let sp = spectra(&e)?;
-                    for &keep in &p.keep {
-                        entries.push((Candidate::new(m, k, keep), score_of(&sp, keep, rule)?));
+                None => {
+                    out.push(unknown(factors::NAME, inst.clone(), "matrix-digests"));
+                    None
+                }
+            };
+            if gradient_mode {
+                match (&f, &grads) {
+                    (Some(f), Some(g)) => {
+                        let (s, l) = line(ctx, &sv_grads::action(m, k, f, g)?)?;
+                        out.push(l);
+                        match s {
+                            Some(s) => {
+                                let sp = sv_grads::spectra(ctx, &s)?;
+                                for &keep in &p.keep {
+                                    entries.push((
+                                        Candidate::new(m, k, keep),
+                                        score_of(&sp, keep, r)?,
+                                    ));
+                                }
+                            }
+                            None => all_scores = false,
+                        }
+                    }
+                    _ => {
+                        out.push(unknown(sv_grads::NAME, inst, "factors and gradients"));
+                        all_scores = false;
                     }
                 }
             } else {
-                all_scores = false;
+                for &keep in &p.keep {
+                    entries.push((Candidate::new(m, k, keep), 0.0));
+                }
             }
-            out.push(l);
+            facts.insert((m, k), f);
         }
     }
-    if !all_scores {
+    let of = |rows: Rows| EvalOf {
+        model: &inp.model,
+        data: &inp.data,
+        task: &inp.task,
+        rows,
+        row_list: match rows {
+            Rows::Selection => &inp.evaluation,
+            Rows::Heldout => &inp.heldout,
+        },
+        eval_batch: p.spec.run.eval_batch,
+        device: &p.device,
+    };
+    out.push(line(ctx, &evaluate::action(&of(Rows::Selection), None)?)?.1);
+    out.push(line(ctx, &evaluate::action(&of(Rows::Heldout), None)?)?.1);
+    if gradient_mode && !all_scores {
         out.push(StatusLine {
-            stage: keys::EVALUATE.0.into(),
+            stage: evaluate::NAME.into(),
             instance: "candidates".into(),
             key: String::new(),
             cached: false,
             why: vec!["chosen by the scores, which are not all cached yet".into()],
         });
-        return Ok((s, out));
+        return Ok(out);
     }
-    if p.spec.search.mode == SearchMode::Gradient {
-        let sign = if rule == ScoreRule::FirstOrder {
-            -1.0
-        } else {
-            1.0
-        };
-        entries.sort_by(|a, b| (sign * b.1).total_cmp(&(sign * a.1)).then(a.0.cmp(&b.0)));
-        match p.spec.search.select {
-            Select::Entries => entries.truncate(p.spec.search.top_k),
-            Select::Matrices => {
-                let mut chosen = Vec::new();
-                for (c, _) in &entries {
-                    if chosen.len() < p.spec.search.top_k && !chosen.contains(&c.matrix) {
-                        chosen.push(c.matrix);
-                    }
-                }
-                entries.retain(|(c, _)| chosen.contains(&c.matrix));
+    if gradient_mode {
+        entries = choose(p, r, entries);
+    }
+    for (c, _) in entries {
+        let inst = format!(
+            "{} K={} keep={}, Selection",
+            c.matrix.hf_name(),
+            c.blocks,
+            c.keep()
+        );
+        match facts.get(&(c.matrix, c.blocks)).and_then(|f| f.as_ref()) {
+            Some(f) => {
+                out.push(line(ctx, &evaluate::action(&of(Rows::Selection), Some((c, f)))?)?.1)
             }
+            None => out.push(unknown(evaluate::NAME, inst, "factors")),
         }
     }
-    let base = evaluate_parts(db, s, db::Rows::Selection, None)?;
-    out.push(line(db, &base, "base model, selection".into())?);
-    let base_h = evaluate_parts(db, s, db::Rows::Heldout, None)?;
-    out.push(line(db, &base_h, "base model, held-out".into())?);
-    for (c, _) in entries {
-        let digest = db::matrix_digest(db, MatrixReq::new(db, s, c.matrix, 0))
-            .map_err(EngineError::Stage)?;
-        let fkey = keys::factors(s.exec(db), &Digest::from_bytes(digest), c.blocks)?.key();
-        let parts = evaluate_parts(db, s, db::Rows::Selection, Some((c, &fkey)))?;
-        out.push(line(
-            db,
-            &parts,
-            format!(
-                "{} K={} keep={}, selection",
-                c.matrix.hf_name(),
-                c.blocks,
-                c.keep()
-            ),
-        )?);
-    }
-    Ok((s, out))
+    Ok(out)
 }

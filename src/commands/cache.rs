@@ -1,10 +1,10 @@
 //! `c2i cache ls|verify|gc|push|pull`: look after the content-addressed store and
 //! share it through a remote.
 
-use super::pipeline::{cache_dir, open_remote, remote_url};
+use super::pipeline::{cache_dir, open_remote, remote_url, trusted_keys};
 use super::Output;
 use anyhow::{bail, Context, Result};
-use c2i_cache::{GcPolicy, Key, Store};
+use c2i_cache::{GcPolicy, Key, SigningKey, Store, TrustedKeys};
 use c2i_engine::spec::Pipeline;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,10 @@ pub struct RemoteArgs {
     /// Longest time one request may take, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// Take (pull) or pass (verify) only entries signed by one of these keys
+    /// (comma-separated `ed25519:...`; default $C2I_TRUSTED_KEYS).
+    #[arg(long, value_name = "KEYS")]
+    pub trusted_keys: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -38,11 +42,30 @@ pub struct Args {
 pub enum CacheCommand {
     /// List action-cache entries and totals.
     Ls,
-    /// Rehash every blob; report corrupt or truncated blobs and broken entries.
+    /// Rehash every blob; report corrupt or truncated blobs and broken entries. With
+    /// --remote, check a remote cache instead (nothing is written): every entry and
+    /// blob, and with trusted keys every signature.
     Verify {
         /// Delete what is bad (and the entries that need it), so the next run rebuilds it.
         #[arg(long)]
         repair: bool,
+        /// Check this remote cache (s3://..., file:///..., /path) instead of the local one.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// S3 endpoint, e.g. http://127.0.0.1:9000 (AWS_ENDPOINT_URL wins).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Entries must be signed by one of these (comma-separated `ed25519:...`;
+        /// default $C2I_TRUSTED_KEYS); without, the remote is unauthenticated.
+        #[arg(long, value_name = "KEYS")]
+        trusted_keys: Option<String>,
+    },
+    /// Make a signing key: writes the private key (PKCS#8 PEM, owner-only) to FILE and
+    /// prints the public key to put in readers' [cache] trusted_keys.
+    Keygen {
+        /// Where to write the private key (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Delete entries by policy, then blobs no remaining entry references. Only the
     /// local cache is touched: gc never deletes anything from a remote cache.
@@ -112,11 +135,88 @@ fn remote_of(a: &RemoteArgs) -> Result<Box<dyn c2i_cache::RemoteBackend>> {
     open_remote(&url, None, a.endpoint.clone(), Some(a.timeout_secs))
 }
 
+/// Trusted keys from a flag, else $C2I_TRUSTED_KEYS.
+fn trusted(flag: Option<&str>) -> Result<Option<TrustedKeys>> {
+    let keys = match flag {
+        Some(list) => {
+            TrustedKeys::parse(&[list]).map_err(|e| anyhow::anyhow!("--trusted-keys: {e}"))?
+        }
+        None => return Ok(trusted_keys(None)?.map(|(_, t)| t)),
+    };
+    Ok(Some(keys).filter(|t| !t.is_empty()))
+}
+
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let dir = cache_dir(args.cache.as_deref(), None)?;
-    let store =
-        Store::open(&dir).with_context(|| format!("opening the cache at {}", dir.display()))?;
+    // Only `pull` may create a cache; every other command reads, repairs or deletes,
+    // and refuses a directory that is not one.
+    let open = |create: bool| -> Result<Store> {
+        let s = if create {
+            Store::open(&dir)
+        } else {
+            Store::open_existing(&dir)
+        };
+        s.with_context(|| format!("opening the cache at {}", dir.display()))
+    };
     match args.command {
+        CacheCommand::Keygen { out: file } => {
+            let key = SigningKey::generate()?;
+            key.save(&file)
+                .with_context(|| format!("writing the private key to {}", file.display()))?;
+            let public = key.public().to_string();
+            out.result(
+                &format!(
+                    "{public}\n  private key written to {} (keep it secret: whoever has it can sign \
+                     entries readers will trust); put the line above in readers' [cache] \
+                     trusted_keys or C2I_TRUSTED_KEYS",
+                    file.display()
+                ),
+                &serde_json::json!({ "public_key": public, "private_key_file": file }),
+            );
+            return Ok(());
+        }
+        CacheCommand::Verify {
+            remote: Some(url),
+            endpoint,
+            trusted_keys: keys,
+            repair,
+        } => {
+            if repair {
+                bail!("--repair acts on the local cache only; a remote is checked, never changed");
+            }
+            let remote = open_remote(&url, None, endpoint, Some(300))?;
+            let trusted = trusted(keys.as_deref())?;
+            let r = c2i_cache::verify_remote(remote.as_ref(), trusted.as_ref())?;
+            let mut text = format!(
+                "{}: {} entries, {} blobs ({} bytes) rehashed; {} damaged{}",
+                r.remote,
+                r.entries_checked,
+                r.blobs_checked,
+                r.bytes_checked,
+                r.bad_entries.len(),
+                if r.authenticated {
+                    format!(", {} not signed by a trusted key", r.untrusted.len())
+                } else {
+                    "; UNAUTHENTICATED: no trusted keys, so an intact but forged entry (anyone who \
+                     can write the remote can make one) passes these checks"
+                        .to_string()
+                }
+            );
+            for x in r.bad_entries.iter().chain(&r.untrusted) {
+                text += &format!("\n  {}: {}", x.key, x.reason);
+            }
+            out.result(&text, &serde_json::to_value(&r)?);
+            if !r.is_clean() {
+                bail!("the remote cache has entries a reader must not use");
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let create = matches!(args.command, CacheCommand::Pull(_));
+    let store = open(create)?;
+    match args.command {
+        CacheCommand::Keygen { .. } => {}
         CacheCommand::Ls => {
             let l = store.ls()?;
             let mut text = format!(
@@ -132,7 +232,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             }
             out.result(&text, &serde_json::to_value(&l)?);
         }
-        CacheCommand::Verify { repair } => {
+        CacheCommand::Verify { repair, .. } => {
             let r = store.verify(repair)?;
             let text = format!("{}\n{}", dir.display(), serde_json::to_string_pretty(&r)?);
             out.result(&text, &serde_json::to_value(&r)?);
@@ -185,17 +285,19 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         }
         CacheCommand::Pull(a) => {
             let remote = remote_of(&a)?;
-            let r = store.pull_all(remote.as_ref())?;
+            let trusted = trusted(a.trusted_keys.as_deref())?;
+            let r = store.pull_all(remote.as_ref(), trusted.as_ref())?;
             let mut text = format!(
-                "pulled {} into {}: {} entries listed, {} pulled, {} already here, {} rejected",
+                "pulled {} into {}: {} entries listed, {} pulled, {} already here, {} rejected, {} untrusted",
                 r.remote,
                 dir.display(),
                 r.entries_listed,
                 r.entries_pulled,
                 r.entries_present,
-                r.rejected.len()
+                r.rejected.len(),
+                r.untrusted.len()
             );
-            for x in &r.rejected {
+            for x in r.rejected.iter().chain(&r.untrusted) {
                 text += &format!("\n  rejected {}: {}", x.key, x.reason);
             }
             out.result(&text, &serde_json::to_value(&r)?);

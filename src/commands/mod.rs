@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod gpu;
 pub mod pipeline;
 pub mod task;
+pub mod worker;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

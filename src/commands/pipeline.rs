@@ -3,11 +3,15 @@
 use super::Output;
 use crate::resources::{mib, peak_rss_bytes};
 use anyhow::{Context, Result};
-use c2i_cache::{ObjectStoreRemote, RemoteBackend, RemoteOptions};
-use c2i_engine::ctx::{Ctx, Progress, Silent};
-use c2i_engine::db::Database;
+use c2i_cache::{ObjectStoreRemote, RemoteBackend, RemoteOptions, SigningKey, TrustedKeys};
+use c2i_engine::ctx::{Ctx, Progress, Silent, Trust};
+use c2i_engine::exec::local::Local;
+use c2i_engine::exec::pool::Pool;
+use c2i_engine::exec::slurm::Slurm;
+use c2i_engine::exec::{Executor, WorkerConfig};
+use c2i_engine::lock::{lock_path, LockBook};
 use c2i_engine::runner::{run as run_pipeline, write_atomic, write_run_json, RunResult, Until};
-use c2i_engine::spec::Pipeline;
+use c2i_engine::spec::{ExecutorKind, Pipeline};
 use c2i_engine::status::status as pipeline_status;
 use c2i_stages::export::report::fmt_keep;
 use indicatif::ProgressBar;
@@ -32,6 +36,21 @@ pub struct RunArgs {
     /// over the pipeline's [cache] remote.
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
+    /// Where stage instances are computed: local (in this process), pool (worker
+    /// processes on this machine) or slurm (job arrays); default [run] executor.
+    #[arg(long)]
+    pub executor: Option<ExecutorKind>,
+    /// Worker processes of the pool executor (default [run] jobs).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Never write to the remote cache (a reader: "CI writes, everyone reads").
+    #[arg(long)]
+    pub no_push: bool,
+    /// Check the run against PIPELINE.lock: fail, naming the stage and both digests,
+    /// if an output differs or the pipeline no longer matches it; the lock is not
+    /// rewritten.
+    #[arg(long)]
+    pub frozen: bool,
 }
 
 #[derive(clap::Args)]
@@ -115,15 +134,18 @@ pub fn remote_url(flag: Option<&str>, p: Option<&Pipeline>) -> Option<String> {
 }
 
 /// Opens a remote cache, with the endpoint and timeout of the pipeline's [cache]
-/// table when there is one.
+/// table when there is one. An endpoint given on the command line may be plain HTTP;
+/// one from a pipeline file only with `allow_http = true`.
 pub fn open_remote(
     url: &str,
     p: Option<&Pipeline>,
     endpoint: Option<String>,
     timeout_secs: Option<u64>,
 ) -> Result<Box<dyn RemoteBackend>> {
+    let allow_http = endpoint.is_some() || p.is_some_and(|p| p.spec.cache.allow_http);
     let mut opts = RemoteOptions {
         endpoint: endpoint.or_else(|| p.and_then(|p| p.spec.cache.endpoint.clone())),
+        allow_http,
         ..RemoteOptions::default()
     };
     if let Some(t) = timeout_secs.or_else(|| p.and_then(|p| p.spec.cache.timeout_secs)) {
@@ -134,19 +156,116 @@ pub fn open_remote(
     Ok(Box::new(remote))
 }
 
-fn database(dir: &Path, out: &Output, remote: Option<Box<dyn RemoteBackend>>) -> Result<Database> {
-    let progress: Box<dyn Progress> = if out.quiet || out.json {
+fn progress(out: &Output) -> Box<dyn Progress> {
+    if out.quiet || out.json {
         Box::new(Silent)
     } else {
         Box::new(Bars {
             hidden: false,
             bar: Mutex::new(None),
         })
+    }
+}
+
+/// The signing key: $C2I_SIGNING_KEY (a file), else the pipeline's [cache] signing_key.
+pub fn signing_key(p: Option<&Pipeline>) -> Result<Option<(PathBuf, SigningKey)>> {
+    let path = match std::env::var_os("C2I_SIGNING_KEY").filter(|v| !v.is_empty()) {
+        Some(v) => Some(PathBuf::from(v)),
+        None => p.and_then(|p| p.spec.cache.signing_key.clone()),
     };
-    let ctx = Ctx::new(dir, progress)
+    match path {
+        Some(path) => {
+            let key = SigningKey::load(&path)?;
+            Ok(Some((path, key)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The trusted keys: $C2I_TRUSTED_KEYS (comma-separated), else the pipeline's
+/// [cache] trusted_keys; `None` when neither is set (or empty).
+pub fn trusted_keys(p: Option<&Pipeline>) -> Result<Option<(Vec<String>, TrustedKeys)>> {
+    let list: Vec<String> = match std::env::var("C2I_TRUSTED_KEYS") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Err(_) => p
+            .and_then(|p| p.spec.cache.trusted_keys.clone())
+            .unwrap_or_default(),
+    };
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let keys = TrustedKeys::parse(&list).map_err(|e| {
+        anyhow::anyhow!("trusted keys (C2I_TRUSTED_KEYS or [cache] trusted_keys): {e}")
+    })?;
+    Ok(Some((list, keys)))
+}
+
+/// The context of a run (cache, remote, trust) and the settings its workers get.
+fn context(
+    p: &Pipeline,
+    cache_flag: Option<&Path>,
+    remote_flag: Option<&str>,
+    no_push: bool,
+    out: &Output,
+) -> Result<(Ctx, WorkerConfig)> {
+    let dir = cache_dir(cache_flag, Some(p))?;
+    let url = remote_url(remote_flag, Some(p));
+    let remote = match &url {
+        Some(u) => Some(open_remote(u, Some(p), None, None)?),
+        None => None,
+    };
+    let signing = signing_key(Some(p))?;
+    let trusted = trusted_keys(Some(p))?;
+    let push = !no_push && p.spec.cache.push;
+    let config = WorkerConfig {
+        cache: std::path::absolute(&dir).unwrap_or_else(|_| dir.clone()),
+        remote: url.clone(),
+        endpoint: p.spec.cache.endpoint.clone(),
+        allow_http: p.spec.cache.allow_http,
+        timeout_secs: p.spec.cache.timeout_secs,
+        signing_key: signing
+            .as_ref()
+            .map(|(path, _)| std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+        trusted_keys: trusted.as_ref().map(|(l, _)| l.clone()).unwrap_or_default(),
+        push,
+        quiet: out.quiet,
+    };
+    let ctx = Ctx::new(&dir, progress(out))
         .with_context(|| format!("opening the cache at {}", dir.display()))?
-        .with_remote(remote);
-    Ok(Database::new(ctx))
+        .with_remote(remote)
+        .with_trust(Trust {
+            signing_key: signing.map(|(_, k)| k),
+            trusted: trusted.map(|(_, t)| t),
+            push,
+        });
+    Ok((ctx, config))
+}
+
+/// The executor a run asked for (--executor, else [run] executor).
+fn executor(
+    p: &Pipeline,
+    kind: Option<ExecutorKind>,
+    jobs: Option<usize>,
+    ctx: &Ctx,
+    config: WorkerConfig,
+) -> Result<Box<dyn Executor>> {
+    let run = &p.spec.run;
+    Ok(match kind.unwrap_or(run.executor) {
+        ExecutorKind::Local => Box::new(Local),
+        ExecutorKind::Pool => Box::new(Pool::new(jobs.unwrap_or(run.jobs), run.retries, config)?),
+        ExecutorKind::Slurm => Box::new(Slurm::new(
+            run.slurm.clone(),
+            run.retries,
+            config,
+            &p.spec.output.dir,
+            ctx.has_remote(),
+            ctx.trust().push,
+        )?),
+    })
 }
 
 /// A one-line count of outcomes per stage, e.g. `gradients hit 1; factors computed 3`.
@@ -172,13 +291,16 @@ fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
     );
     if let Some(rem) = &r.remote {
         s += &format!(
-            "\n  remote {}: {}; pulled {}, pushed {} ({} bytes), rejected {}, repaired {}",
+            "\n  remote {}: {}; pulled {}, pushed {} ({} bytes{}), rejected {}, untrusted {}{}, repaired {}",
             rem.url,
             rem.status,
             rem.pulled_entries,
             rem.pushed_entries,
             rem.uploaded_bytes,
+            if rem.push { "" } else { "; pushing off" },
             rem.rejected.len(),
+            rem.untrusted.len(),
+            if rem.authenticated { "" } else { " (unauthenticated: no trusted keys)" },
             rem.repaired_blobs
         );
     }
@@ -224,7 +346,7 @@ fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
 fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<serde_json::Value> {
     use c2i_stages::export::{plots, report};
     let dir = &p.spec.output.dir;
-    write_run_json(dir, r)?;
+    write_run_json(dir, r, None)?;
     let value = serde_json::to_value(r)?;
     write_atomic(
         &dir.join("report.json"),
@@ -249,20 +371,56 @@ fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<serde_json::Value> {
 
 pub fn run(args: RunArgs, out: &Output) -> Result<()> {
     let p = Pipeline::load(&args.pipeline, &args.set)?;
-    let dir = cache_dir(args.cache.as_deref(), Some(&p))?;
-    let remote = match remote_url(args.remote.as_deref(), Some(&p)) {
-        Some(u) => Some(open_remote(&u, Some(&p), None, None)?),
-        None => None,
+    let (ctx, config) = context(
+        &p,
+        args.cache.as_deref(),
+        args.remote.as_deref(),
+        args.no_push,
+        out,
+    )?;
+    let mut exec = executor(&p, args.executor, args.jobs, &ctx, config)?;
+    let lock_file = lock_path(&p.file);
+    let mut book = if args.frozen {
+        LockBook::frozen(&lock_file, &p.device)?
+    } else {
+        LockBook::collect(&p.device)
     };
-    let mut db = database(&dir, out, remote)?;
-    let (_, r) = run_pipeline(&mut db, None, &p, args.until)?;
+    let started = std::time::Instant::now();
+    let log_start = ctx.log_len();
+    let r = match run_pipeline(&ctx, exec.as_mut(), &mut book, &p, args.until) {
+        Ok(r) => r,
+        Err(e) => {
+            // run.json still says what was done, where, and why the run stopped.
+            let partial = RunResult::partial(
+                &p,
+                &ctx,
+                exec.as_ref(),
+                log_start,
+                started.elapsed().as_secs_f64(),
+            );
+            let _ = write_run_json(&p.spec.output.dir, &partial, Some(&e.to_string()));
+            return Err(e.into());
+        }
+    };
     let report = write_outputs(&p, &r)?;
+    let mut wrote_lock = false;
+    if let (Some(lock), false, None) = (&r.lock, args.frozen, args.until) {
+        c2i_engine::lock::write(&lock_file, lock)?;
+        wrote_lock = true;
+    }
     let peak = peak_rss_bytes();
     out.result(
         &format!(
-            "{}\n  wrote run.json, report.json, report.md and plots to {}; peak RSS {}",
+            "{}\n  wrote run.json, report.json, report.md and plots to {}{}; peak RSS {}",
             summary(&p, &r, &report),
             p.spec.output.dir.display(),
+            if wrote_lock {
+                format!(", and {}", lock_file.display())
+            } else if args.frozen {
+                format!("; every output matches {}", lock_file.display())
+            } else {
+                String::new()
+            },
             peak.map(mib).unwrap_or_default()
         ),
         &serde_json::json!({
@@ -271,6 +429,8 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
             "best": r.best,
             "output": p.spec.output.dir,
             "remote": r.remote,
+            "executor": r.executor,
+            "lock": if wrote_lock || args.frozen { Some(&lock_file) } else { None },
             "peak_rss_bytes": peak,
         }),
     );
@@ -279,13 +439,14 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
 
 pub fn sweep(args: SweepArgs, out: &Output) -> Result<()> {
     let first = Pipeline::load(&args.base.pipeline, &args.base.set)?;
-    let dir = cache_dir(args.base.cache.as_deref(), Some(&first))?;
-    let remote = match remote_url(args.base.remote.as_deref(), Some(&first)) {
-        Some(u) => Some(open_remote(&u, Some(&first), None, None)?),
-        None => None,
-    };
-    let mut db = database(&dir, out, remote)?;
-    let mut prev = None;
+    let (ctx, config) = context(
+        &first,
+        args.base.cache.as_deref(),
+        args.base.remote.as_deref(),
+        args.base.no_push,
+        out,
+    )?;
+    let mut exec = executor(&first, args.base.executor, args.base.jobs, &ctx, config)?;
     let mut rows = Vec::new();
     for (i, v) in args.variants.iter().enumerate() {
         let mut set = args.base.set.clone();
@@ -296,12 +457,12 @@ pub fn sweep(args: SweepArgs, out: &Output) -> Result<()> {
                 .map(String::from),
         );
         let p = Pipeline::load(&args.base.pipeline, &set)?;
-        let (s, r) = run_pipeline(&mut db, prev, &p, args.base.until)?;
-        prev = Some(s);
+        let mut book = LockBook::collect(&p.device);
+        let r = run_pipeline(&ctx, exec.as_mut(), &mut book, &p, args.base.until)?;
         let report = write_outputs(&p, &r)?;
         if !out.quiet && !out.json {
             println!("variant {} [{v}]\n{}", i + 1, summary(&p, &r, &report));
-            println!("  (stage instances not listed above were reused from this process's memory)");
+            println!("  (`memo`: reused from an earlier variant in this process's memory)");
         }
         rows.push(serde_json::json!({
             "variant": v,
@@ -319,8 +480,9 @@ pub fn sweep(args: SweepArgs, out: &Output) -> Result<()> {
 pub fn status(args: StatusArgs, out: &Output) -> Result<()> {
     let p = Pipeline::load(&args.pipeline, &args.set)?;
     let dir = cache_dir(args.cache.as_deref(), Some(&p))?;
-    let mut db = database(&dir, out, None)?;
-    let (_, lines) = pipeline_status(&mut db, &p)?;
+    let ctx = Ctx::new(&dir, progress(out))
+        .with_context(|| format!("opening the cache at {}", dir.display()))?;
+    let lines = pipeline_status(&ctx, &p)?;
     if out.json {
         println!("{}", serde_json::to_string(&lines)?);
         return Ok(());
@@ -339,6 +501,8 @@ pub fn status(args: StatusArgs, out: &Output) -> Result<()> {
         let state = if l.cached { "cached" } else { "to-run" };
         let key = if l.key.len() >= 12 {
             &l.key[..12]
+        } else if l.key.is_empty() {
+            "(unknown yet)"
         } else {
             &l.key
         };

@@ -89,7 +89,14 @@ fn computed(o: &BTreeMap<String, BTreeMap<String, u64>>, stage: &str) -> u64 {
 /// instance was satisfied (hit or computed), and paths of the run's own directory.
 fn normalized_report(pipeline: &Path) -> Value {
     let mut v = tiny::read_report(pipeline);
-    tiny::strip_keys(&mut v, &["seconds", "outcome"]);
+    // How and where each instance was satisfied (hit, or computed by which executor,
+    // on which host, in how many attempts) differs; what it is does not.
+    tiny::strip_keys(
+        &mut v,
+        &[
+            "seconds", "outcome", "note", "executor", "host", "job", "attempts",
+        ],
+    );
     // The stage log lists the same instances, but a resumed run may record them in
     // another order; compare it as a sorted set.
     if let Some(Value::Array(stages)) = v.get_mut("stages") {
@@ -673,80 +680,11 @@ fn a_truncated_gguf_header_is_a_clear_error() {
     }
 }
 
-/// A tiny llama checkpoint directory (1 layer, hidden 8) with a word-level tokenizer;
-/// `poison` puts a NaN in one tensor.
-fn tiny_hf_dir(dir: &Path, poison: bool) -> PathBuf {
-    use safetensors::tensor::TensorView;
-    use safetensors::Dtype;
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        r#"{"model_type": "llama", "vocab_size": 4, "hidden_size": 8, "intermediate_size": 16,
-            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "rms_norm_eps": 1e-5, "tie_word_embeddings": true}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-            "decoder": null,
-            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2, "c": 3},
-                      "unk_token": "[UNK]"}}"#,
-    )
-    .unwrap();
-    let shapes: Vec<(String, Vec<usize>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![4, 8]),
-        ("model.norm.weight".into(), vec![8]),
-        ("model.layers.0.input_layernorm.weight".into(), vec![8]),
-        (
-            "model.layers.0.post_attention_layernorm.weight".into(),
-            vec![8],
-        ),
-        ("model.layers.0.self_attn.q_proj.weight".into(), vec![8, 8]),
-        ("model.layers.0.self_attn.k_proj.weight".into(), vec![4, 8]),
-        ("model.layers.0.self_attn.v_proj.weight".into(), vec![4, 8]),
-        ("model.layers.0.self_attn.o_proj.weight".into(), vec![8, 8]),
-        ("model.layers.0.mlp.gate_proj.weight".into(), vec![16, 8]),
-        ("model.layers.0.mlp.up_proj.weight".into(), vec![16, 8]),
-        ("model.layers.0.mlp.down_proj.weight".into(), vec![8, 16]),
-    ];
-    let data: Vec<Vec<u8>> = shapes
-        .iter()
-        .map(|(name, s)| {
-            let n: usize = s.iter().product();
-            (0..n)
-                .flat_map(|i| {
-                    let v = if poison && name.contains("up_proj") && i == 5 {
-                        f32::NAN
-                    } else {
-                        0.01 * (i % 7) as f32
-                    };
-                    v.to_le_bytes()
-                })
-                .collect()
-        })
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = shapes
-        .iter()
-        .zip(&data)
-        .map(|((n, s), d)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
-            )
-        })
-        .collect();
-    let file = dir.join("model.safetensors");
-    std::fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
-    file
-}
-
 #[test]
 fn a_nan_in_a_model_tensor_names_file_and_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("nan-model");
-    tiny_hf_dir(&model, true);
+    tiny::tiny_hf_dir(&model, true);
     let out = export_grads(&model, &data_file(), tmp.path());
     assert_clean_error(
         &out,
@@ -762,7 +700,7 @@ fn a_nan_in_a_model_tensor_names_file_and_tensor() {
 fn a_safetensors_header_longer_than_the_file_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("bad-header");
-    let file = tiny_hf_dir(&model, false);
+    let file = tiny::tiny_hf_dir(&model, false);
     let mut bytes = std::fs::read(&file).unwrap();
     let claimed = 10 * bytes.len() as u64;
     bytes[..8].copy_from_slice(&claimed.to_le_bytes());

@@ -2,8 +2,10 @@
 //! links candle, and on two cores each link costs about a minute.
 
 mod engine_cache;
+mod executors;
 mod export_model;
 mod faults;
 mod remote_cache;
 mod support;
 mod tasks;
+mod trust;

@@ -615,6 +615,78 @@ impl Task {
         canonical(&self.def)
     }
 
+    /// Rebuilds a task from [`Task::canonical`] (what an action stores), checking that
+    /// it has the digest `digest`. `origin` names it in errors. The rows' `path` is not
+    /// part of the canonical form: the caller gives the rows' file separately.
+    pub fn from_canonical(
+        v: &serde_json::Value,
+        digest: &str,
+        origin: &Path,
+    ) -> Result<Task, DataError> {
+        let bad = |problem: String| DataError::TaskFile {
+            path: origin.to_owned(),
+            line: None,
+            field: "(canonical task)".into(),
+            problem,
+        };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("not a JSON object".into()))?;
+        let mut t = toml::Table::new();
+        let to_toml = |x: &serde_json::Value| -> Result<toml::Value, DataError> {
+            toml::Value::try_from(x).map_err(|e| bad(e.to_string()))
+        };
+        for key in [
+            "name",
+            "format",
+            "kind",
+            "prompt",
+            "answer_prefix",
+            "answer_field",
+            "selection_share",
+            "chat",
+            "subtask",
+            "multiple_targets",
+        ] {
+            match obj.get(key) {
+                None | Some(serde_json::Value::Null) => {}
+                // The default, which only some tasks may state.
+                Some(serde_json::Value::String(x)) if key == "multiple_targets" && x == "skip" => {}
+                Some(x) => {
+                    t.insert(key.into(), to_toml(x)?);
+                }
+            }
+        }
+        match obj.get("choices") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) if s == "target_scores" => {}
+            Some(serde_json::Value::Object(c)) => {
+                if let Some(f) = c.get("fixed") {
+                    t.insert("choices".into(), to_toml(f)?);
+                } else if let Some(f) = c.get("field") {
+                    t.insert("choices_field".into(), to_toml(f)?);
+                } else {
+                    return Err(bad(format!("unknown choices {c:?}")));
+                }
+            }
+            Some(other) => return Err(bad(format!("unknown choices {other}"))),
+        }
+        if let Some(serde_json::Value::Object(g)) = obj.get("generation") {
+            for (k, x) in g {
+                t.insert(k.clone(), to_toml(x)?);
+            }
+        }
+        let text = toml::to_string(&t).map_err(|e| bad(e.to_string()))?;
+        let task = Task::parse(&text, origin)?;
+        if task.digest() != digest {
+            return Err(bad(format!(
+                "rebuilds to digest {}, not {digest}",
+                task.digest()
+            )));
+        }
+        Ok(task)
+    }
+
     /// The shared definition.
     pub fn def(&self) -> &TaskDef {
         &self.def
@@ -656,6 +728,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<Task, DataError> {
         Task::parse(text, Path::new("/t/task.toml"))
+    }
+
+    #[test]
+    fn canonical_form_rebuilds_the_same_task() {
+        let mut tasks: Vec<Task> = Task::builtin_names()
+            .map(|n| Task::builtin(n).unwrap())
+            .collect();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tasks");
+        for sub in ["examples", "bigbench"] {
+            let mut files: Vec<_> = std::fs::read_dir(dir.join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            files.sort();
+            for f in files {
+                tasks.push(Task::load(&f).unwrap());
+            }
+        }
+        assert!(tasks.len() >= 9, "{}", tasks.len());
+        for t in &tasks {
+            let back = Task::from_canonical(&t.canonical(), t.digest(), Path::new("x")).unwrap();
+            assert_eq!(back.digest(), t.digest(), "{}", t.name());
+            assert_eq!(back.canonical(), t.canonical());
+        }
+        let e = Task::from_canonical(&tasks[0].canonical(), "00", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not 00"), "{e}");
     }
 
     const CLAIMS: &str = r#"

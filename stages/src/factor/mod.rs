@@ -45,12 +45,19 @@
 //! on rayon's pool, and up to 40 % slower in f32 (faer gains little from a second
 //! thread at these sizes). Under that load one thread was as fast as either parallel
 //! mode; an idle 2-core run, not available here, should favour rayon across tasks
-//! further, since those tasks share nothing. [`Parallelism::Auto`] (the default)
-//! therefore runs tasks across rayon's pool whenever there are at least as many tasks
-//! as threads, and uses faer's internal parallelism only when there are fewer (one
-//! matrix with K = 1), where it is the only parallelism available. The SVD is called
-//! through `faer::linalg::svd::svd` with an explicit `Par`, the routine behind
-//! `MatRef::thin_svd()`, so no global faer setting is touched.
+//! further, since those tasks share nothing.
+//!
+//! It also changes the result: a block factored with faer's parallelism differs in
+//! its last bits from the same block factored on one thread (measured: the K = 1
+//! factors of SmolLM2's MLP matrices, with 1 and with 2 rayon threads, hashed
+//! differently, while K = 2 ones, already sequential per block, were identical). A
+//! cache shared by machines with different core counts needs the same bytes for the
+//! same key, so [`Parallelism::Auto`] (the default) always factors each block on one
+//! thread and runs blocks (and matrices, [`factor_many`]; the engine runs factor
+//! actions in parallel) across rayon's pool: the output is bit-identical whatever the
+//! thread count. [`Parallelism::WithinSvd`] stays available for speed measurements.
+//! The SVD is called through `faer::linalg::svd::svd` with an explicit `Par`, the
+//! routine behind `MatRef::thin_svd()`, so no global faer setting is touched.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -185,8 +192,8 @@ impl Precision {
 /// How [`factor_many`] uses the cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Parallelism {
-    /// [`AcrossBlocks`](Parallelism::AcrossBlocks) when there are at least as many
-    /// (matrix, block) tasks as rayon threads, else [`WithinSvd`](Parallelism::WithinSvd).
+    /// [`AcrossBlocks`](Parallelism::AcrossBlocks): results do not depend on the
+    /// number of threads.
     #[default]
     Auto,
     /// Tasks in parallel on rayon's pool, each SVD sequential.
@@ -220,11 +227,10 @@ pub fn factor_matrix_with(
     out.pop().unwrap_or(Err(FactorError::ZeroBlocks))
 }
 
-/// The parallelism actually used for `tasks` tasks.
-fn resolve(par: Parallelism, tasks: usize) -> Parallelism {
+/// The parallelism actually used.
+fn resolve(par: Parallelism) -> Parallelism {
     match par {
-        Parallelism::Auto if tasks >= rayon::current_num_threads() => Parallelism::AcrossBlocks,
-        Parallelism::Auto => Parallelism::WithinSvd,
+        Parallelism::Auto => Parallelism::AcrossBlocks,
         p => p,
     }
 }
@@ -270,14 +276,13 @@ pub fn factor_many(
     let run = |&(j, b, r): &(usize, usize, BlockRange), par: Par| {
         factor_block(jobs[j].0, b, r, precision, par)
     };
-    let results: Vec<Result<BlockFactors, FactorError>> =
-        match resolve(opts.parallelism, tasks.len()) {
-            Parallelism::AcrossBlocks => tasks.par_iter().map(|t| run(t, Par::Seq)).collect(),
-            Parallelism::Sequential => tasks.iter().map(|t| run(t, Par::Seq)).collect(),
-            Parallelism::WithinSvd | Parallelism::Auto => {
-                tasks.iter().map(|t| run(t, Par::rayon(0))).collect()
-            }
-        };
+    let results: Vec<Result<BlockFactors, FactorError>> = match resolve(opts.parallelism) {
+        Parallelism::AcrossBlocks => tasks.par_iter().map(|t| run(t, Par::Seq)).collect(),
+        Parallelism::Sequential => tasks.iter().map(|t| run(t, Par::Seq)).collect(),
+        Parallelism::WithinSvd | Parallelism::Auto => {
+            tasks.iter().map(|t| run(t, Par::rayon(0))).collect()
+        }
+    };
     let mut grouped: Vec<Result<Vec<BlockFactors>, FactorError>> = plans
         .into_iter()
         .map(|p| p.map(|r| Vec::with_capacity(r.len())))

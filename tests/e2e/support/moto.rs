@@ -143,6 +143,53 @@ impl Moto {
     }
 }
 
+/// An HTTP server that answers every request the way S3 answers a bad signature
+/// (403 SignatureDoesNotMatch, echoing the credentials), from the same harness.
+pub struct Echo403 {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+    pub port: u16,
+}
+
+impl Echo403 {
+    pub fn start() -> Echo403 {
+        let mut child = Command::new("python3")
+            .arg(harness())
+            .arg("serve-403")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the 403 server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the 403 server did not start: {line:?}"));
+        let stdin = child.stdin.take();
+        Echo403 {
+            child,
+            _stdin: stdin,
+            port,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Echo403 {
+    fn drop(&mut self) {
+        self._stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         self._stdin.take();

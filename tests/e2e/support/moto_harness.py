@@ -5,6 +5,13 @@
         `moto[server]==X.Y.Z`) into it, once: concurrent callers wait on a lock, and a
         half-made environment (no `.ready` marker) is rebuilt.
 
+    python3 moto_harness.py serve-403
+        Answers every request with what S3 answers a request whose signature it
+        rejects: 403 and a SignatureDoesNotMatch document that, like S3's, echoes the
+        access key id, the string to sign and the canonical request (with the session
+        token header). For checking that c2i never shows or stores such a body. Prints
+        `PORT <n>`, stops like `serve`.
+
     VENV/bin/python moto_harness.py serve BUCKET...
         Starts moto's S3 on 127.0.0.1 on a free port, creates the buckets, checks
         that the server answers, then prints `PORT <n>` and serves until stdin closes
@@ -91,9 +98,58 @@ def serve(buckets):
         time.sleep(3600)
 
 
+def serve_403():
+    import http.server
+    import re
+
+    parent = os.getppid()
+    watchdog(parent)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            auth = self.headers.get("Authorization", "")
+            m = re.search(r"Credential=([^/,]+)", auth)
+            key_id = m.group(1) if m else ""
+            token = self.headers.get("X-Amz-Security-Token", "")
+            canonical = "%s\n%s\n\nhost:%s\nx-amz-security-token:%s\n" % (
+                self.command,
+                self.path,
+                self.headers.get("Host", ""),
+                token,
+            )
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SignatureDoesNotMatch</Code>'
+                "<Message>The request signature we calculated does not match the signature you "
+                "provided. Check your key and signing method.</Message>"
+                "<AWSAccessKeyId>%s</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256 %s</StringToSign>"
+                "<SignatureProvided>%s</SignatureProvided><CanonicalRequest>%s</CanonicalRequest>"
+                "<RequestId>C2ITEST</RequestId></Error>" % (key_id, token, auth, canonical)
+            ).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print("PORT %d" % server.server_address[1], flush=True)
+    server.serve_forever()
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "ensure":
         ensure(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 2 and sys.argv[1] == "serve-403":
+        serve_403()
     elif len(sys.argv) >= 2 and sys.argv[1] == "serve":
         try:
             serve(sys.argv[2:])

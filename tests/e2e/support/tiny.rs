@@ -86,3 +86,72 @@ pub fn strip_keys(v: &mut serde_json::Value, keys: &[&str]) {
         _ => {}
     }
 }
+
+/// A tiny llama checkpoint directory (1 layer, hidden 8) with a word-level tokenizer;
+/// `poison` puts a NaN in one tensor.
+pub fn tiny_hf_dir(dir: &Path, poison: bool) -> PathBuf {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type": "llama", "vocab_size": 4, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2, "c": 3},
+                      "unk_token": "[UNK]"}}"#,
+    )
+    .unwrap();
+    let shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![4, 8]),
+        ("model.norm.weight".into(), vec![8]),
+        ("model.layers.0.input_layernorm.weight".into(), vec![8]),
+        (
+            "model.layers.0.post_attention_layernorm.weight".into(),
+            vec![8],
+        ),
+        ("model.layers.0.self_attn.q_proj.weight".into(), vec![8, 8]),
+        ("model.layers.0.self_attn.k_proj.weight".into(), vec![4, 8]),
+        ("model.layers.0.self_attn.v_proj.weight".into(), vec![4, 8]),
+        ("model.layers.0.self_attn.o_proj.weight".into(), vec![8, 8]),
+        ("model.layers.0.mlp.gate_proj.weight".into(), vec![16, 8]),
+        ("model.layers.0.mlp.up_proj.weight".into(), vec![16, 8]),
+        ("model.layers.0.mlp.down_proj.weight".into(), vec![8, 16]),
+    ];
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|(name, s)| {
+            let n: usize = s.iter().product();
+            (0..n)
+                .flat_map(|i| {
+                    let v = if poison && name.contains("up_proj") && i == 5 {
+                        f32::NAN
+                    } else {
+                        0.01 * (i % 7) as f32
+                    };
+                    v.to_le_bytes()
+                })
+                .collect()
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    let file = dir.join("model.safetensors");
+    std::fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
+    file
+}
