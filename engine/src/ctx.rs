@@ -185,6 +185,11 @@ pub trait Progress: Send + Sync {
     /// `done` units finished.
     fn advance(&self, _done: u64) {}
     fn finish(&self) {}
+    /// A wave of `total` stage instances starts.
+    fn wave(&self, _total: usize) {}
+    /// A stage instance of the wave is done: found (`hit`, `memo`, `pulled`) or
+    /// computed, in `seconds`.
+    fn instance(&self, _stage: &str, _instance: &str, _outcome: &str, _seconds: f64) {}
 }
 
 /// No progress output.
@@ -214,6 +219,12 @@ impl Progress for Traced {
     }
     fn finish(&self) {
         self.inner.finish();
+    }
+    fn wave(&self, total: usize) {
+        self.inner.wave(total);
+    }
+    fn instance(&self, stage: &str, instance: &str, outcome: &str, seconds: f64) {
+        self.inner.instance(stage, instance, outcome, seconds);
     }
 }
 
@@ -557,6 +568,7 @@ impl Ctx {
         // A stable line at the start and end of every computed stage instance
         // (`C2I_LOG=c2i::stage=debug`): where a run is, for scripts and tests.
         tracing::debug!(target: "c2i::stage", stage = %action.stage, instance = %action.instance, "computing");
+        let started = Instant::now();
         let produced = (def.run)(self, action).map_err(|e| match e {
             e @ (EngineError::Action { .. } | EngineError::Poisoned) => e,
             e => EngineError::Action {
@@ -580,6 +592,12 @@ impl Ctx {
             },
         )?;
         tracing::debug!(target: "c2i::stage", stage = %action.stage, instance = %action.instance, "stored");
+        self.progress.instance(
+            &action.stage,
+            &action.instance,
+            miss.outcome.name(),
+            started.elapsed().as_secs_f64(),
+        );
         if self.trust.push {
             if let Some(r) = self.live_remote() {
                 self.push(r, action, &entry, miss.bad_blob);

@@ -11,7 +11,7 @@ use crate::action::{Action, Input};
 use crate::ctx::{Ctx, Found, RemoteSummary, StageRecord};
 use crate::exec::Executor;
 use crate::lock::{Lock, LockBook};
-use crate::spec::{Pipeline, SearchMode, Select};
+use crate::spec::{ExecutorKind, Pipeline, SearchMode, Select};
 use crate::stages::evaluate::{self, Candidate, EvalOf, Rows};
 use crate::stages::matrix_digests::{self, MatrixDigests, MatrixInfo};
 use crate::stages::sv_grads::{self, BlockSpectrum};
@@ -20,8 +20,11 @@ use crate::EngineError;
 use c2i_cache::ActionEntry;
 use c2i_stages::assets;
 use c2i_stages::data::split::{sample_with, selection_samples_with, Split};
+use c2i_stages::data::Answer;
 use c2i_stages::data::{Format, Task};
+use c2i_stages::eval::evaluator::{credit, summarize, SampleRecord};
 use c2i_stages::eval::metrics::{select_best, SelectionScore};
+use c2i_stages::eval::race::{self, Racing, RowOutcome};
 use c2i_stages::model::MatrixId;
 use c2i_stages::score::{rank_kept, ScoreRule};
 use serde::Serialize;
@@ -83,7 +86,32 @@ pub struct Evaluated {
     pub blocks: usize,
     pub keep: f64,
     pub score: Option<f64>,
+    /// Its figures on the rows it was evaluated on: all the selection rows, or, for a
+    /// candidate a race stopped early, the rows up to that round (`partial`).
     pub selection: Figures,
+    /// Selection rows it was evaluated on.
+    pub rows_evaluated: usize,
+    /// The race stopped it after this round (1-based): its figures are partial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_after_round: Option<usize>,
+}
+
+/// What racing did (`search.racing`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RaceSummary {
+    pub racing: Racing,
+    /// Where each round ends, in selection rows.
+    pub round_ends: Vec<usize>,
+    /// Candidates still in the race after each round.
+    pub alive_after_round: Vec<usize>,
+    /// Candidate-rows evaluated, and what evaluating every candidate on every row
+    /// would have been.
+    pub candidate_rows: usize,
+    pub candidate_rows_full: usize,
+    /// 1 - candidate_rows / candidate_rows_full.
+    pub saved_share: f64,
+    /// `exact`: the winner is the one a full evaluation picks; `halving`: statistical.
+    pub guarantee: String,
 }
 
 /// The best candidate with its held-out figures.
@@ -106,6 +134,8 @@ pub struct RunResult {
     pub scores: Vec<Scored>,
     pub baseline: Option<BTreeMap<String, Figures>>,
     pub candidates: Vec<Evaluated>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub race: Option<RaceSummary>,
     pub best: Option<Best>,
     pub stages: Vec<StageRecord>,
     pub seconds: f64,
@@ -198,6 +228,7 @@ impl RunResult {
             scores: Vec::new(),
             baseline: None,
             candidates: Vec::new(),
+            race: None,
             best: None,
             stages: ctx.log_since(log_start),
             seconds,
@@ -379,20 +410,7 @@ pub fn score_of(spectra: &[BlockSpectrum], keep: f64, rule: ScoreRule) -> Result
 
 /// The score rule of a pipeline.
 pub fn rule(p: &Pipeline) -> ScoreRule {
-    if p.spec.search.score == "first-order" {
-        ScoreRule::FirstOrder
-    } else {
-        ScoreRule::NegativeSvGrad
-    }
-}
-
-/// For ranking: larger is more promising (the first-order rule predicts a change of
-/// loss, so its negation ranks).
-fn ranking(rule: ScoreRule, value: f64) -> f64 {
-    match rule {
-        ScoreRule::NegativeSvGrad => value,
-        ScoreRule::FirstOrder => -value,
-    }
+    p.spec.search.score
 }
 
 /// The candidates chosen from scored entries: top-k entries, or every entry of the
@@ -403,8 +421,8 @@ pub fn choose(
     mut entries: Vec<(Candidate, f64)>,
 ) -> Vec<(Candidate, f64)> {
     entries.sort_by(|a, b| {
-        ranking(rule, b.1)
-            .total_cmp(&ranking(rule, a.1))
+        rule.ranking_value(b.1)
+            .total_cmp(&rule.ranking_value(a.1))
             .then(a.0.cmp(&b.0))
     });
     match p.spec.search.select {
@@ -434,18 +452,66 @@ pub fn choose(
 pub fn figures(entry: &ActionEntry, collapse_threshold: f64) -> Result<Figures, EngineError> {
     let s = evaluate::summary(entry)
         .map_err(|e| EngineError::Corrupt(format!("evaluation entry {}: {e}", entry.key)))?;
-    let mut metrics = s.metrics;
+    Ok(figures_of(
+        s.samples,
+        s.metrics,
+        s.log_loss,
+        s.selection,
+        collapse_threshold,
+    ))
+}
+
+/// The figures of the rows of several evaluations of one model (a race's rounds): what
+/// evaluating all their rows at once gives, from their stored per-row records.
+pub fn figures_of_rounds(
+    ctx: &Ctx,
+    entries: &[Arc<ActionEntry>],
+    collapse_threshold: f64,
+) -> Result<(Figures, Vec<SampleRecord>), EngineError> {
+    let corrupt = |e: &ActionEntry, what: String| {
+        EngineError::Corrupt(format!("evaluation entry {}: {what}", e.key))
+    };
+    let mut records = Vec::new();
+    let mut shape = None;
+    for e in entries {
+        let s = evaluate::summary(e).map_err(|m| corrupt(e, m))?;
+        shape.get_or_insert(s.shape);
+        let blob = ctx.output(e, "records")?;
+        let r: Vec<SampleRecord> =
+            serde_json::from_slice(blob.bytes()).map_err(|m| corrupt(e, m.to_string()))?;
+        records.extend(r);
+    }
+    let shape = shape.ok_or_else(|| EngineError::Invalid("no rounds to add up".into()))?;
+    let r = summarize(&shape, "rounds", records, collapse_threshold)?;
+    let f = figures_of(
+        r.samples,
+        serde_json::to_value(&r.metrics)?,
+        r.log_loss,
+        r.selection,
+        collapse_threshold,
+    );
+    Ok((f, r.records))
+}
+
+fn figures_of(
+    samples: usize,
+    metrics: serde_json::Value,
+    log_loss: f64,
+    selection: SelectionScore,
+    collapse_threshold: f64,
+) -> Figures {
+    let mut metrics = metrics;
     if let Some(share) = metrics.get("max_predicted_share").and_then(|v| v.as_f64()) {
         metrics["collapse_threshold"] = collapse_threshold.into();
         metrics["collapsed"] = (share > collapse_threshold).into();
     }
-    Ok(Figures {
-        samples: s.samples,
-        accuracy: s.selection.accuracy,
-        log_loss: s.log_loss,
+    Figures {
+        samples,
+        accuracy: selection.accuracy,
+        log_loss,
         metrics,
-        selection: s.selection,
-    })
+        selection,
+    }
 }
 
 /// Resolves waves of actions: looks each up, has the executor compute the rest,
@@ -461,6 +527,7 @@ impl Waves<'_> {
     pub fn ensure(&mut self, actions: &[Action]) -> Result<Vec<Arc<ActionEntry>>, EngineError> {
         self.book.expect(actions)?;
         let ctx = self.ctx;
+        ctx.progress.wave(actions.len());
         let mut out: Vec<Option<Arc<ActionEntry>>> = vec![None; actions.len()];
         let mut todo = Vec::new();
         let mut at = Vec::new();
@@ -470,6 +537,12 @@ impl Waves<'_> {
             match ctx.find(a)? {
                 Found::Ready(e, outcome) => {
                     ctx.record(a, outcome, None, started, None);
+                    ctx.progress.instance(
+                        &a.stage,
+                        &a.instance,
+                        outcome.name(),
+                        started.elapsed().as_secs_f64(),
+                    );
                     out[i] = Some(e);
                 }
                 Found::Missing(miss) => {
@@ -481,7 +554,19 @@ impl Waves<'_> {
         if !todo.is_empty() {
             let started = Instant::now();
             let ran = self.exec.run(ctx, &todo)?;
+            // The local executor reports each instance as it finishes (`Ctx::compute`);
+            // the others' instances are reported here, when the wave is back.
+            let reported = self.exec.kind() == ExecutorKind::Local;
             for (((a, miss), r), i) in todo.iter().zip(ran).zip(at) {
+                if !reported {
+                    ctx.progress.instance(
+                        &a.stage,
+                        &a.instance,
+                        miss.outcome.name(),
+                        r.on.seconds
+                            .unwrap_or_else(|| started.elapsed().as_secs_f64()),
+                    );
+                }
                 ctx.record(a, miss.outcome, miss.note.clone(), started, Some(r.on));
                 out[i] = Some(Arc::new(r.entry));
             }
@@ -558,6 +643,7 @@ pub fn run(
         scores: Vec::new(),
         baseline: None,
         candidates: Vec::new(),
+        race: None,
         best: None,
         stages: Vec::new(),
         seconds: 0.0,
@@ -687,9 +773,9 @@ pub fn run(
         }
     };
 
-    // Wave 4: the base model and every candidate on the selection rows (several
-    // candidates per layer share the base model's hidden states there), and the base
-    // model on the held-out rows.
+    // Wave 4: the base model and the candidates on the selection rows, in racing
+    // rounds (several candidates per layer share the base model's hidden states
+    // there), and the base model on the held-out rows.
     let of = |rows: Rows| EvalOf {
         model: &inp.model,
         data: &inp.data,
@@ -701,47 +787,153 @@ pub fn run(
         },
         eval_batch: p.spec.run.eval_batch,
         device: &p.device,
+        round: None,
     };
-    let mut layers: Vec<usize> = candidates.iter().map(|(c, _)| c.matrix.layer).collect();
-    layers.sort();
-    layers.dedup();
-    w.exec.hint_prefix_layers(ctx, &layers);
-    let mut wave = vec![evaluate::action(&of(Rows::Selection), None)?];
-    for (c, _) in &candidates {
-        let f = &facts[&(c.matrix, c.blocks)];
-        wave.push(evaluate::action(&of(Rows::Selection), Some((*c, f)))?);
+    let racing = p.spec.search.racing;
+    let metric = p.spec.search.selection_metric;
+    let sel_rows = &inp.evaluation;
+    let rounds = race::rounds(sel_rows.len());
+    // The gold class of every selection row (fixed choices), for balanced-accuracy bounds.
+    let gold: Vec<Option<usize>> = sel_rows
+        .iter()
+        .map(
+            |&r| match &ds.examples.get(r).ok_or(EngineError::Row(r))?.answer {
+                Answer::Choice { gold, .. } if !ds.per_row_choices() => Ok(Some(*gold)),
+                _ => Ok(None),
+            },
+        )
+        .collect::<Result<_, EngineError>>()?;
+    let n = candidates.len();
+    let mut alive = vec![true; n];
+    let mut stopped: Vec<Option<usize>> = vec![None; n];
+    let mut cand_entries: Vec<Vec<Arc<ActionEntry>>> = vec![Vec::new(); n];
+    let mut base_entries = Vec::new();
+    let mut base_held = None;
+    let mut alive_after_round = Vec::new();
+    for (ri, range) in rounds.iter().enumerate() {
+        let idx: Vec<usize> = (0..n).filter(|&i| alive[i]).collect();
+        let mut layers: Vec<usize> = idx.iter().map(|&i| candidates[i].0.matrix.layer).collect();
+        layers.sort();
+        layers.dedup();
+        w.exec.hint_prefix_layers(ctx, &layers);
+        let round = EvalOf {
+            row_list: &sel_rows[range.clone()],
+            round: Some((ri + 1, rounds.len())),
+            ..of(Rows::Selection)
+        };
+        let mut wave = vec![evaluate::action(&round, None)?];
+        for &i in &idx {
+            let c = candidates[i].0;
+            let f = &facts[&(c.matrix, c.blocks)];
+            wave.push(evaluate::action(&round, Some((c, f)))?);
+        }
+        let held_too = ri == 0 && until != Some(Until::Evaluate);
+        if held_too {
+            wave.push(evaluate::action(&of(Rows::Heldout), None)?);
+        }
+        let got = w.ensure(&wave)?;
+        base_entries.push(got[0].clone());
+        for (k, &i) in idx.iter().enumerate() {
+            cand_entries[i].push(got[1 + k].clone());
+        }
+        if held_too {
+            base_held = got.last().cloned();
+        }
+        if ri + 1 < rounds.len() && idx.len() > 1 {
+            let keep = match racing {
+                Racing::Off => vec![true; idx.len()],
+                Racing::Exact => {
+                    let mut b = Vec::with_capacity(idx.len());
+                    for &i in &idx {
+                        let (_, records) = figures_of_rounds(ctx, &cand_entries[i], threshold)?;
+                        let seen: Vec<RowOutcome> = records
+                            .iter()
+                            .zip(&gold)
+                            .map(|(r, g)| RowOutcome {
+                                credit: credit(r),
+                                class: *g,
+                            })
+                            .collect();
+                        b.push(race::bounds(metric, &gold, &seen)?);
+                    }
+                    race::exact_survivors(&b)
+                }
+                Racing::Halving => {
+                    let mut partial = Vec::with_capacity(idx.len());
+                    for &i in &idx {
+                        let (f, _) = figures_of_rounds(ctx, &cand_entries[i], threshold)?;
+                        partial.push((candidates[i].0, f.selection));
+                    }
+                    race::halving_survivors(metric, &partial)?
+                }
+            };
+            for (k, &i) in idx.iter().enumerate() {
+                if !keep[k] {
+                    alive[i] = false;
+                    stopped[i] = Some(ri + 1);
+                }
+            }
+        }
+        alive_after_round.push(alive.iter().filter(|a| **a).count());
     }
-    if until != Some(Until::Evaluate) {
-        wave.push(evaluate::action(&of(Rows::Heldout), None)?);
-    }
-    let evals = w.ensure(&wave)?;
-    for ((c, score), e) in candidates.iter().zip(&evals[1..]) {
+    for (i, (c, score)) in candidates.iter().enumerate() {
+        let (selection, _) = figures_of_rounds(ctx, &cand_entries[i], threshold)?;
         result.candidates.push(Evaluated {
             matrix: c.matrix.hf_name(),
             layer: c.matrix.layer,
             blocks: c.blocks,
             keep: c.keep(),
             score: *score,
-            selection: figures(e, threshold)?,
+            rows_evaluated: selection.samples,
+            selection,
+            stopped_after_round: stopped[i],
         });
     }
+    let candidate_rows: usize = result.candidates.iter().map(|c| c.rows_evaluated).sum();
+    let candidate_rows_full = n * sel_rows.len();
+    result.race = Some(RaceSummary {
+        racing,
+        round_ends: rounds.iter().map(|r| r.end).collect(),
+        alive_after_round,
+        candidate_rows,
+        candidate_rows_full,
+        saved_share: if candidate_rows_full == 0 {
+            0.0
+        } else {
+            1.0 - candidate_rows as f64 / candidate_rows_full as f64
+        },
+        guarantee: match racing {
+            Racing::Exact => "the winner and its figures are those of a full evaluation",
+            Racing::Halving => {
+                "statistical: successive halving may stop the candidate a full evaluation \
+                 would pick"
+            }
+            Racing::Off => "every candidate on every row",
+        }
+        .to_string(),
+    });
     if until == Some(Until::Evaluate) {
         return Ok(finish(result, exec));
     }
-    let base_held = &evals[evals.len() - 1];
+    let base_held = base_held
+        .ok_or_else(|| EngineError::Invalid("the held-out evaluation did not run".into()))?;
     result.baseline = Some(BTreeMap::from([
-        ("selection".to_string(), figures(&evals[0], threshold)?),
-        ("heldout".to_string(), figures(base_held, threshold)?),
+        (
+            "selection".to_string(),
+            figures_of_rounds(ctx, &base_entries, threshold)?.0,
+        ),
+        ("heldout".to_string(), figures(&base_held, threshold)?),
     ]));
 
-    // Wave 5: the winner on the held-out rows, then its export.
-    let pool: Vec<(Candidate, SelectionScore)> = result
-        .candidates
+    // Wave 5: the winner (among the candidates that ran on every row) on the held-out
+    // rows, then its export.
+    let finished: Vec<usize> = (0..n).filter(|&i| stopped[i].is_none()).collect();
+    let pool: Vec<(Candidate, SelectionScore)> = finished
         .iter()
-        .zip(&candidates)
-        .map(|(e, (c, _))| (*c, e.selection.selection))
+        .map(|&i| (candidates[i].0, result.candidates[i].selection.selection))
         .collect();
-    if let Some(i) = select_best(p.spec.search.selection_metric, &pool)? {
+    if let Some(j) = select_best(metric, &pool)? {
+        let i = finished[j];
         let c = candidates[i].0;
         let f = facts[&(c.matrix, c.blocks)].clone();
         w.exec.hint_prefix_layers(ctx, &[]);

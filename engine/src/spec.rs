@@ -8,8 +8,10 @@
 use c2i_stages::data::split::{SampleSize, SampleSpec};
 use c2i_stages::data::{DataError, Format, Task};
 use c2i_stages::eval::metrics::SelectionMetric;
+use c2i_stages::eval::race::Racing;
 use c2i_stages::model::weights::SaveDType;
 use c2i_stages::model::MatrixKind;
+use c2i_stages::score::ScoreRule;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -153,14 +155,18 @@ pub struct SearchSpec {
     #[serde(default)]
     pub rate: Option<Vec<f64>>,
     /// `negative-sv-grad` (the paper's rule) or `first-order`.
-    #[serde(default = "default_score")]
-    pub score: String,
+    #[serde(default)]
+    pub score: ScoreRule,
     /// `accuracy` (LASER's rule) or `balanced_accuracy`; ties go to lower log-loss.
     #[serde(default = "default_selection")]
     pub selection_metric: SelectionMetric,
     /// A candidate whose predictions put more than this share on one answer is flagged.
     #[serde(default = "default_collapse")]
     pub collapse_threshold: f64,
+    /// How candidates race over the selection rows: `exact` (stop one only when it
+    /// provably cannot win), `halving` (successive halving) or `off`.
+    #[serde(default)]
+    pub racing: Racing,
 }
 
 fn default_mode() -> SearchMode {
@@ -180,9 +186,6 @@ fn default_select() -> Select {
 }
 fn default_blocks() -> Vec<usize> {
     vec![1]
-}
-fn default_score() -> String {
-    "negative-sv-grad".into()
 }
 fn default_selection() -> SelectionMetric {
     SelectionMetric::Accuracy
@@ -692,9 +695,6 @@ impl Pipeline {
         if s.top_k == 0 {
             return Err(bad("search.top_k", "a positive integer"));
         }
-        if s.score != "negative-sv-grad" && s.score != "first-order" {
-            return Err(bad("search.score", "`negative-sv-grad` or `first-order`"));
-        }
         if !(s.collapse_threshold > 0.0 && s.collapse_threshold <= 1.0) {
             return Err(bad("search.collapse_threshold", "a share in (0, 1]"));
         }
@@ -867,6 +867,7 @@ dir = "out/x"
             ("search.blocks=[0]", "search.blocks"),
             ("search.matrices=foo", "search.matrices"),
             ("search.score=bogus", "search.score"),
+            ("search.racing=fast", "search.racing"),
             ("search.layers=middle", "search.layers"),
             ("cache.remote=relative/dir", "cache.remote"),
             ("cache.remote=\"ftp://x/y\"", "cache.remote"),

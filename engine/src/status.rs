@@ -164,8 +164,19 @@ pub fn status(ctx: &Ctx, p: &Pipeline) -> Result<Vec<StatusLine>, EngineError> {
         },
         eval_batch: p.spec.run.eval_batch,
         device: &p.device,
+        round: None,
     };
-    out.push(line(ctx, &evaluate::action(&of(Rows::Selection), None)?)?.1);
+    // The selection rows in racing rounds: every round of every candidate is listed
+    // (what `racing = "off"` runs; a race may stop some candidates before their last).
+    let rounds = c2i_stages::eval::race::rounds(inp.evaluation.len());
+    let round_of = |ri: usize| EvalOf {
+        row_list: &inp.evaluation[rounds[ri].clone()],
+        round: Some((ri + 1, rounds.len())),
+        ..of(Rows::Selection)
+    };
+    for ri in 0..rounds.len() {
+        out.push(line(ctx, &evaluate::action(&round_of(ri), None)?)?.1);
+    }
     out.push(line(ctx, &evaluate::action(&of(Rows::Heldout), None)?)?.1);
     if gradient_mode && !all_scores {
         out.push(StatusLine {
@@ -189,7 +200,9 @@ pub fn status(ctx: &Ctx, p: &Pipeline) -> Result<Vec<StatusLine>, EngineError> {
         );
         match facts.get(&(c.matrix, c.blocks)).and_then(|f| f.as_ref()) {
             Some(f) => {
-                out.push(line(ctx, &evaluate::action(&of(Rows::Selection), Some((c, f)))?)?.1)
+                for ri in 0..rounds.len() {
+                    out.push(line(ctx, &evaluate::action(&round_of(ri), Some((c, f)))?)?.1);
+                }
             }
             None => out.push(unknown(evaluate::NAME, inst, "factors")),
         }

@@ -15,6 +15,7 @@ use c2i_engine::spec::{ExecutorKind, Pipeline};
 use c2i_engine::status::status as pipeline_status;
 use c2i_stages::export::report::fmt_keep;
 use indicatif::ProgressBar;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -87,15 +88,43 @@ pub fn cache_dir(flag: Option<&Path>, p: Option<&Pipeline>) -> Result<PathBuf> {
     Ok(c2i_stages::assets::c2i_home()?.join("cache"))
 }
 
-/// Progress bars on stderr for long stages.
+/// Progress on stderr: bars for long stages on a terminal; otherwise (CI logs, a
+/// file) one line per finished stage instance, the way cargo prints `Compiling ...`.
 struct Bars {
     hidden: bool,
+    /// Plain lines instead of bars (stderr is not a terminal).
+    lines: bool,
     bar: Mutex<Option<ProgressBar>>,
+    wave: Mutex<Wave>,
+}
+
+/// The wave being reported: instances done of total, and the seconds of those computed.
+#[derive(Default)]
+struct Wave {
+    total: usize,
+    done: usize,
+    computed: usize,
+    computed_seconds: f64,
+}
+
+/// `[done/total, eta 3m20s]`: the ETA from the mean of the instances computed so far.
+fn wave_line(stage: &str, instance: &str, outcome: &str, seconds: f64, w: &Wave) -> String {
+    let left = w.total.saturating_sub(w.done);
+    let eta = if w.computed > 0 && left > 0 {
+        let s = (w.computed_seconds / w.computed as f64 * left as f64).round() as u64;
+        format!(", eta {}m{:02}s", s / 60, s % 60)
+    } else {
+        String::new()
+    };
+    format!(
+        "{outcome:>9} {stage} {instance} ({seconds:.1}s) [{}/{}{eta}]",
+        w.done, w.total
+    )
 }
 
 impl Progress for Bars {
     fn start(&self, stage: &str, total: u64) {
-        if self.hidden {
+        if self.hidden || self.lines {
             return;
         }
         let out = Output {
@@ -118,6 +147,27 @@ impl Progress for Bars {
             if let Some(b) = b.take() {
                 b.finish_and_clear();
             }
+        }
+    }
+    fn wave(&self, total: usize) {
+        if let Ok(mut w) = self.wave.lock() {
+            *w = Wave {
+                total,
+                ..Wave::default()
+            };
+        }
+    }
+    fn instance(&self, stage: &str, instance: &str, outcome: &str, seconds: f64) {
+        if self.hidden || !self.lines {
+            return;
+        }
+        if let Ok(mut w) = self.wave.lock() {
+            w.done += 1;
+            if outcome == "computed" {
+                w.computed += 1;
+                w.computed_seconds += seconds;
+            }
+            eprintln!("{}", wave_line(stage, instance, outcome, seconds, &w));
         }
     }
 }
@@ -162,7 +212,9 @@ fn progress(out: &Output) -> Box<dyn Progress> {
     } else {
         Box::new(Bars {
             hidden: false,
+            lines: !std::io::stderr().is_terminal(),
             bar: Mutex::new(None),
+            wave: Mutex::new(Wave::default()),
         })
     }
 }

@@ -132,6 +132,62 @@ fn reuse_follows_the_keys_and_verify_catches_corruption() {
     );
     assert_eq!(c["winner"], w["winner"], "{cmp}");
 
+    // Progress where there is no terminal (stderr is a pipe here, as in CI): one line
+    // per stage instance, with how it was satisfied and where the wave stands.
+    let out = c2i(&[
+        "run",
+        pipeline.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("hit gradients all matrices"), "{err}");
+    assert!(
+        err.contains("hit evaluate base model, Selection round 1/5"),
+        "{err}"
+    );
+    assert!(err.contains("[1/1]") && !err.contains('\r'), "{err}");
+
+    // Racing: the default (`exact`) stopped some candidates early or none, but its
+    // winner and every full figure are those of evaluating every candidate on every row
+    // (`off`), which reuses the rounds `exact` computed.
+    let cold: Value = serde_json::from_slice(&std::fs::read(&cold_report).unwrap()).unwrap();
+    let off = run(&pipeline, &cache, &["search.racing=off"]);
+    let off_report: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(off_report["best"], cold["best"], "{off:?}");
+    let stopped = cold["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["stopped_after_round"].is_null())
+        .count() as u64;
+    assert_eq!(
+        count(&off, "evaluate", "computed") > 0,
+        stopped > 0,
+        "{off:?} {cold}"
+    );
+    for (a, b) in cold["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(off_report["candidates"].as_array().unwrap())
+    {
+        assert_eq!(a["matrix"], b["matrix"]);
+        assert_eq!(b["rows_evaluated"], 12, "{b}");
+        if a["stopped_after_round"].is_null() {
+            assert_eq!(a["selection"], b["selection"], "{a} {b}");
+        } else {
+            assert!(a["rows_evaluated"].as_u64().unwrap() < 12, "{a}");
+        }
+    }
+    assert_eq!(off_report["race"]["saved_share"], 0.0);
+    assert_eq!(
+        off_report["race"]["round_ends"],
+        serde_json::json!([3, 6, 9, 11, 12])
+    );
+
     // Changing rho: gradients, factors and sv-grads all hit; evaluations run.
     let rho = run(&pipeline, &cache, &["search.keep=[0.2, 0.05]"]);
     assert_eq!(count(&rho, "gradients", "hit"), 1, "{rho:?}");

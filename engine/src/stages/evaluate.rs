@@ -12,7 +12,7 @@ use c2i_cache::{ActionEntry, Digest};
 use c2i_stages::compress::dense_candidate;
 use c2i_stages::data::Task;
 use c2i_stages::eval::evaluator::{
-    evaluate as run_eval, first_changed_layer, EvalOptions, EvalSet,
+    evaluate as run_eval, first_changed_layer, EvalOptions, EvalSet, Shape,
 };
 use c2i_stages::eval::metrics::SelectionScore;
 use c2i_stages::eval::prefix::Prefix;
@@ -29,7 +29,9 @@ pub const NAME: &str = "evaluate";
 /// threshold is not part of the key and a changed threshold shows on a warm run).
 /// 4: the task is its task file's content (canonical form and digest); ties between
 /// choices are broken without regard to position; per-row choices report chance.
-pub const VERSION: &str = "4";
+/// 5: the entry records the set's shape (what aggregating its records needs), so a
+/// race's rounds add up to the figures of all their rows.
+pub const VERSION: &str = "5";
 
 pub const DEF: StageDef = StageDef {
     name: NAME,
@@ -79,6 +81,8 @@ pub struct EvalOf<'a> {
     pub row_list: &'a [usize],
     pub eval_batch: usize,
     pub device: &'a crate::action::DeviceSpec,
+    /// The racing round (1-based) and the number of rounds, for people (not in the key).
+    pub round: Option<(usize, usize)>,
 }
 
 /// The evaluation of the base model (`None`) or of `candidate` with its factors entry.
@@ -86,11 +90,14 @@ pub fn action(
     of: &EvalOf<'_>,
     candidate: Option<(Candidate, &ActionEntry)>,
 ) -> Result<Action, EngineError> {
-    let rows = of.rows;
+    let rows = match of.round {
+        None => format!("{:?}", of.rows),
+        Some((r, n)) => format!("{:?} round {r}/{n}", of.rows),
+    };
     let instance = match candidate {
-        None => format!("base model, {rows:?}"),
+        None => format!("base model, {rows}"),
         Some((c, _)) => format!(
-            "{} K={} keep={}, {rows:?}",
+            "{} K={} keep={}, {rows}",
             c.matrix.hf_name(),
             c.blocks,
             c.keep()
@@ -234,6 +241,7 @@ fn run(ctx: &Ctx, action: &Action) -> Result<Produced, EngineError> {
             "metrics": result.metrics,
             "log_loss": result.log_loss,
             "selection": result.selection,
+            "shape": set.shape(),
             "seconds": seconds,
         }),
     })
@@ -243,6 +251,7 @@ fn run(ctx: &Ctx, action: &Action) -> Result<Produced, EngineError> {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Summary {
     pub samples: usize,
+    pub shape: Shape,
     pub metrics: serde_json::Value,
     pub log_loss: f64,
     pub selection: SelectionScore,

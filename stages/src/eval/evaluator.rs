@@ -52,7 +52,7 @@ use super::metrics::{
     DEFAULT_COLLAPSE_THRESHOLD,
 };
 use super::prefix::{Prefix, Start};
-use crate::data::task::Generation;
+use crate::data::task::{Generation, Match};
 use crate::data::{Answer, ChoiceMode, Dataset, Example, Task, TaskKind};
 use crate::model::tokenizer::{encode, encode_prompt};
 use crate::model::{Decoder, MatrixId, ModelError};
@@ -768,16 +768,80 @@ fn assemble(
         };
         records.push(rec);
     }
+    summarize(
+        &set.shape(),
+        &set.fingerprint,
+        records,
+        opts.collapse_threshold,
+    )
+}
+
+/// What aggregating a set's records needs to know of the set: the task's kind and
+/// name, whether choices are per row, the classes, the generation match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shape {
+    pub task: String,
+    pub kind: TaskKind,
+    pub per_row: bool,
+    /// 0 for per-row choices and generation.
+    pub n_classes: usize,
+    #[serde(default, rename = "match")]
+    pub match_: Match,
+}
+
+impl EvalSet {
+    /// What [`summarize`] needs of this set.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            task: self.task.name().to_owned(),
+            kind: self.task.kind(),
+            per_row: self.per_row,
+            n_classes: self.n_classes,
+            match_: self
+                .generation
+                .as_ref()
+                .map(|g| g.match_)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A record's credit toward accuracy: 0 or 1, or its token F1 under `match = "token_f1"`.
+pub fn credit(r: &SampleRecord) -> f64 {
+    match &r.prediction {
+        Prediction::Generation { scores, .. } => {
+            scores
+                .credit
+                .unwrap_or(if scores.correct { 1.0 } else { 0.0 })
+        }
+        Prediction::Choice { .. } => {
+            if r.correct {
+                1.0
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+/// Aggregates per-sample records (of one set, or of several sets of the same task
+/// concatenated) into a result: what evaluating all their rows at once gives.
+pub fn summarize(
+    shape: &Shape,
+    set: &str,
+    records: Vec<SampleRecord>,
+    collapse_threshold: f64,
+) -> Result<EvalResult, EvalError> {
     let gold_lps: Vec<f64> = records.iter().map(|r| r.gold_log_prob).collect();
     let log_loss = mean_log_loss(&gold_lps)?;
-    let metrics = match set.task.kind() {
-        TaskKind::Classification if set.per_row => {
+    let metrics = match shape.kind {
+        TaskKind::Classification if shape.per_row => {
             let mut hits = Vec::with_capacity(records.len());
             let mut n_choices = Vec::with_capacity(records.len());
-            for (r, s) in records.iter().zip(&set.samples) {
-                if let SampleAnswer::Choice { choices, .. } = &s.answer {
+            for r in &records {
+                if let Prediction::Choice { log_probs, .. } = &r.prediction {
                     hits.push(r.correct);
-                    n_choices.push(choices.len());
+                    n_choices.push(log_probs.len());
                 }
             }
             TaskMetrics::MultipleChoice(multiple_choice_metrics(&hits, &n_choices)?)
@@ -796,8 +860,8 @@ fn assemble(
             TaskMetrics::Classification(classification_metrics(
                 &gold,
                 &pred,
-                set.n_classes,
-                opts.collapse_threshold,
+                shape.n_classes,
+                collapse_threshold,
             )?)
         }
         TaskKind::Generation => {
@@ -808,12 +872,7 @@ fn assemble(
                     Prediction::Choice { .. } => None,
                 })
                 .collect();
-            let how = set
-                .generation
-                .as_ref()
-                .map(|g| g.match_)
-                .unwrap_or_default();
-            TaskMetrics::Generation(generation_metrics(&scores, how)?)
+            TaskMetrics::Generation(generation_metrics(&scores, shape.match_)?)
         }
     };
     let selection = match &metrics {
@@ -822,8 +881,8 @@ fn assemble(
         TaskMetrics::Generation(m) => SelectionScore::from_generation(m, log_loss),
     };
     Ok(EvalResult {
-        task: set.task.name().to_owned(),
-        set: set.fingerprint.clone(),
+        task: shape.task.clone(),
+        set: set.to_owned(),
         samples: records.len(),
         metrics,
         log_loss,

@@ -8,6 +8,7 @@ pub mod evaluator;
 pub mod generate;
 pub mod metrics;
 pub mod prefix;
+pub mod race;
 
 pub use evaluator::{
     evaluate, first_changed_layer, EvalError, EvalOptions, EvalResult, EvalSample, EvalSet,

@@ -466,6 +466,9 @@ struct CandidateRow {
     keep: Option<f64>,
     score: Option<f64>,
     selection: Figures,
+    /// Selection rows it was evaluated on, and the racing round that stopped it.
+    rows: Option<u64>,
+    stopped_after_round: Option<u64>,
 }
 
 fn candidates(report: &Value) -> Vec<CandidateRow> {
@@ -478,6 +481,8 @@ fn candidates(report: &Value) -> Vec<CandidateRow> {
             blocks: count(c, "blocks"),
             keep: num(c, "keep"),
             score: num(c, "score"),
+            rows: count(c, "rows_evaluated"),
+            stopped_after_round: count(c, "stopped_after_round"),
             selection: c
                 .get("selection")
                 .map(Figures::from_value)
@@ -748,10 +753,14 @@ fn section_candidates(out: &mut String, report: &Value) {
     ]);
     let best = report.get("best").filter(|b| b.is_object());
     for (i, c) in rows.iter().enumerate() {
-        let index = if is_best(c, best) {
-            format!("{} (best)", i + 1)
-        } else {
-            (i + 1).to_string()
+        let index = match (is_best(c, best), c.stopped_after_round) {
+            (true, _) => format!("{} (best)", i + 1),
+            (false, Some(r)) => format!(
+                "{} (partial: stopped after round {r}, {} rows)",
+                i + 1,
+                fmt_opt_u64(c.rows)
+            ),
+            (false, None) => (i + 1).to_string(),
         };
         t.row(vec![
             index,
@@ -767,6 +776,21 @@ fn section_candidates(out: &mut String, report: &Value) {
         ]);
     }
     t.render(out);
+    if let Some(race) = report.get("race").filter(|r| r.is_object()) {
+        let _ = writeln!(
+            out,
+            "Racing `{}` ({}): {} of {} candidate-rows evaluated ({} saved); candidates \
+             left after each round: {}. A partial candidate's figures are those of the \
+             rows it saw.\n",
+            text(race, "racing").unwrap_or(MISSING),
+            text(race, "guarantee").unwrap_or(MISSING),
+            fmt_opt_u64(count(race, "candidate_rows")),
+            fmt_opt_u64(count(race, "candidate_rows_full")),
+            pct(num(race, "saved_share")),
+            race.get("alive_after_round")
+                .map_or_else(|| MISSING.to_string(), |v| v.to_string()),
+        );
+    }
     let n_collapsed = rows.iter().filter(|c| c.selection.is_collapsed()).count();
     if n_collapsed > 0 {
         let _ = writeln!(

@@ -52,6 +52,8 @@ layers = [29]
 top_k = 2
 blocks = [1, 2]
 keep = [0.1, 0.5]
+# Every candidate on every round: the trust tests forge and poison whole evaluations.
+racing = "off"
 
 [run]
 micro_batch = 2
