@@ -387,6 +387,23 @@ pub fn inputs(ctx: &Ctx, p: &Pipeline) -> Result<Inputs, EngineError> {
     })
 }
 
+/// What an evaluation of `p` on all of `rows` is of.
+pub fn eval_of<'a>(p: &'a Pipeline, inp: &'a Inputs, rows: Rows) -> EvalOf<'a> {
+    EvalOf {
+        model: &inp.model,
+        data: &inp.data,
+        task: &inp.task,
+        rows,
+        row_list: match rows {
+            Rows::Selection => &inp.evaluation,
+            Rows::Heldout => &inp.heldout,
+        },
+        eval_batch: p.spec.run.eval_batch,
+        device: &p.device,
+        round: None,
+    }
+}
+
 /// The matrices searched.
 pub fn search_matrices(p: &Pipeline, n_layers: usize) -> Vec<MatrixId> {
     let mut v = Vec::new();
@@ -776,19 +793,7 @@ pub fn run(
     // Wave 4: the base model and the candidates on the selection rows, in racing
     // rounds (several candidates per layer share the base model's hidden states
     // there), and the base model on the held-out rows.
-    let of = |rows: Rows| EvalOf {
-        model: &inp.model,
-        data: &inp.data,
-        task: &inp.task,
-        rows,
-        row_list: match rows {
-            Rows::Selection => &inp.evaluation,
-            Rows::Heldout => &inp.heldout,
-        },
-        eval_batch: p.spec.run.eval_batch,
-        device: &p.device,
-        round: None,
-    };
+    let of = |rows: Rows| eval_of(p, &inp, rows);
     let racing = p.spec.search.racing;
     let metric = p.spec.search.selection_metric;
     let sel_rows = &inp.evaluation;

@@ -153,19 +153,7 @@ pub fn status(ctx: &Ctx, p: &Pipeline) -> Result<Vec<StatusLine>, EngineError> {
             facts.insert((m, k), f);
         }
     }
-    let of = |rows: Rows| EvalOf {
-        model: &inp.model,
-        data: &inp.data,
-        task: &inp.task,
-        rows,
-        row_list: match rows {
-            Rows::Selection => &inp.evaluation,
-            Rows::Heldout => &inp.heldout,
-        },
-        eval_batch: p.spec.run.eval_batch,
-        device: &p.device,
-        round: None,
-    };
+    let of = |rows: Rows| crate::runner::eval_of(p, &inp, rows);
     // The selection rows in racing rounds: every round of every candidate is listed
     // (what `racing = "off"` runs; a race may stop some candidates before their last).
     let rounds = c2i_stages::eval::race::rounds(inp.evaluation.len());

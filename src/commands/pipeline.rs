@@ -380,6 +380,21 @@ fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
                 ""
             }
         );
+        if let Some(round) = c.stopped_after_round {
+            s += &format!(
+                "  (partial: stopped after round {round}, {} rows)",
+                c.rows_evaluated
+            );
+        }
+    }
+    if let Some(race) = &r.race {
+        s += &format!(
+            "\n  racing {}: {} of {} candidate-rows evaluated ({:.1}% saved)",
+            race.racing,
+            race.candidate_rows,
+            race.candidate_rows_full,
+            100.0 * race.saved_share
+        );
     }
     if let Some(b) = &r.best {
         s += &format!(
