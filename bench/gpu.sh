@@ -79,6 +79,23 @@ print("held-out accuracy gpu", g["best"]["heldout"]["accuracy"], "cpu", c["best"
 print("seconds gpu", g.get("seconds"), "cpu", c.get("seconds"))
 PY
       ;;
+    pool)
+      log "quickstart on the GPU through the pool executor (workers compute the device the actions name)"
+      cache=$(mktemp -d)
+      /usr/bin/time -v "$bin" run pipelines/quickstart.toml --cache "$cache" --executor pool --jobs 2 \
+        --set model.path="\"$(readlink -f "$dir/smollm2.gguf")\"" \
+        --set data.path="\"$(readlink -f "$dir/laser_epistemic_reasoning.jsonl")\"" \
+        --set run.device=cuda --set output.dir="\"$(readlink -f "$out")/pool\"" \
+        > "$out/pool.log" 2> "$out/pool.time"
+      log "pool exit $?"; grep -E "Elapsed|Maximum resident" "$out/pool.time" | tee -a "$out/summary.txt"
+      cp "$out/pool/report.json" "$out/pool-report.json" 2>/dev/null
+      python3 - "$out/pool-report.json" "$out/quickstart-report.json" <<'PY' | tee -a "$out/summary.txt"
+import json, sys
+p, l = (json.load(open(x)) for x in sys.argv[1:3])
+same = p["best"] == l["best"] and [c["selection"] for c in p["candidates"]] == [c["selection"] for c in l["candidates"]]
+print("pool vs local on the GPU: best and every candidate's figures", "same" if same else "DIFFERENT")
+PY
+      ;;
     bench)
       log "bench: Qwen2.5-7B shapes, synthetic bf16 weights"
       /usr/bin/time -v "$bin" --quiet gpu bench --data "$dir/laser_epistemic_reasoning.jsonl" \

@@ -170,12 +170,19 @@ fn flat(t: &Tensor) -> Result<Vec<f64>> {
         .to_vec1()?)
 }
 
+/// The epistemic-reasoning rows of a LASER-ordered file (the built-in task).
+fn epistemic(path: &PathBuf) -> Result<data::Dataset> {
+    let task = Task::builtin("epistemic_reasoning")
+        .ok_or_else(|| anyhow::anyhow!("the built-in task epistemic_reasoning is missing"))?;
+    Ok(data::load(&task, path)?)
+}
+
 fn rows_of(path: &PathBuf, n: usize, skip: usize) -> Result<Vec<data::Example>> {
-    let ex = data::load(Task::EpistemicReasoning, path)?;
+    let ex = epistemic(path)?;
     if ex.len() < skip + n {
         bail!("{}: {} rows, {} needed", path.display(), ex.len(), skip + n);
     }
-    Ok(ex[skip..skip + n].to_vec())
+    Ok(ex.examples[skip..skip + n].to_vec())
 }
 
 fn samples(tok: &tokenizers::Tokenizer, ex: &[data::Example]) -> Result<Vec<LossSample>> {
@@ -266,15 +273,9 @@ fn check(a: CheckArgs, out: &Output) -> Result<()> {
     );
 
     // 2. Log-probabilities of an evaluation (choice trees): CPU kernels vs GPU candle.
-    let ex = data::load(Task::EpistemicReasoning, &a.data)?;
+    let ex = epistemic(&a.data)?;
     let rows: Vec<usize> = (a.samples..a.samples + a.rows).collect();
-    let set = EvalSet::from_rows(
-        Task::EpistemicReasoning,
-        &ex,
-        &rows,
-        &loaded.tokenizer,
-        loaded.special.stop(),
-    )?;
+    let set = EvalSet::from_rows(&ex, &rows, &loaded.tokenizer, loaded.special.stop())?;
     let eopts = EvalOptions::default();
     let t = Instant::now();
     let r_cpu = evaluate(
@@ -516,9 +517,9 @@ fn bench(a: BenchArgs, out: &Output) -> Result<()> {
     report.insert("svd".into(), Value::Array(svd_report));
 
     // One candidate's evaluation on the rows: the whole model from layer 0.
-    let ex = data::load(Task::EpistemicReasoning, &a.data)?;
+    let ex = epistemic(&a.data)?;
     let rows: Vec<usize> = (a.samples..a.samples + a.rows).collect();
-    let set = EvalSet::from_rows(Task::EpistemicReasoning, &ex, &rows, &tok, None)?;
+    let set = EvalSet::from_rows(&ex, &rows, &tok, None)?;
     let id = MatrixId::new(c.num_hidden_layers / 2, MatrixKind::Down);
     let cand = (w.matrix(id)? * 0.5)?;
     let model = Decoder::with_matrices(&w, &BTreeMap::from([(id, cand)]))?.inference();
