@@ -724,3 +724,105 @@ fn lock_files_do_not_depend_on_the_thread_count_and_frozen_runs_check_them() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no longer matches"), "{err}");
 }
+
+/// A GGUF header with the given metadata and no tensors (GGUF v3).
+fn gguf_header(kvs: &[(&str, GgufValue)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        b.extend_from_slice(&(k.len() as u64).to_le_bytes());
+        b.extend_from_slice(k.as_bytes());
+        match v {
+            GgufValue::U32(x) => {
+                b.extend_from_slice(&4u32.to_le_bytes());
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            GgufValue::F32(x) => {
+                b.extend_from_slice(&6u32.to_le_bytes());
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            GgufValue::Str(s) => {
+                b.extend_from_slice(&8u32.to_le_bytes());
+                b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                b.extend_from_slice(s.as_bytes());
+            }
+            GgufValue::U64(x) => {
+                b.extend_from_slice(&10u32.to_le_bytes());
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+    b
+}
+
+enum GgufValue {
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    Str(&'static str),
+}
+
+#[test]
+fn a_gguf_declaring_huge_sizes_fails_cleanly_under_a_1_gib_address_space_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("forged.gguf");
+    let sizes = [
+        ("llama.block_count", GgufValue::U64(1 << 32)),
+        ("llama.context_length", GgufValue::U64(1 << 40)),
+    ];
+    for (which, forged) in sizes.into_iter().enumerate() {
+        let mut kvs = vec![
+            ("general.architecture", GgufValue::Str("llama")),
+            ("llama.block_count", GgufValue::U32(2)),
+            ("llama.context_length", GgufValue::U32(2048)),
+            ("llama.embedding_length", GgufValue::U32(64)),
+            ("llama.vocab_size", GgufValue::U32(100)),
+            ("llama.feed_forward_length", GgufValue::U32(128)),
+            ("llama.attention.head_count", GgufValue::U32(4)),
+            ("llama.attention.head_count_kv", GgufValue::U32(2)),
+            ("llama.rope.freq_base", GgufValue::F32(10000.0)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                GgufValue::F32(1e-5),
+            ),
+        ];
+        let key = forged.0;
+        kvs.retain(|(k, _)| *k != key);
+        kvs.push(forged);
+        std::fs::write(&model, gguf_header(&kvs)).unwrap();
+        let dir = tmp.path().join(format!("p{which}"));
+        let text = tiny::pipeline_text(
+            &model.display().to_string(),
+            &tiny::epistemic_data(),
+            (2, 2, 2),
+            "[0]",
+            "",
+        );
+        let p = tiny::write_pipeline_text(&dir, &text);
+        let t = std::time::Instant::now();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v 1048576 && exec '{}' run '{}' --cache '{}'",
+                env!("CARGO_BIN_EXE_c2i"),
+                p.display(),
+                dir.join("cache").display()
+            ))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // An error naming the file, not a crash, an abort on allocation or a hang.
+        assert_eq!(out.status.code(), Some(1), "{key}: {} {err}", out.status);
+        assert!(err.contains("forged.gguf"), "{key}: {err}");
+        assert!(t.elapsed().as_secs() < 60, "{key}: {:?}", t.elapsed());
+        if key == "llama.block_count" {
+            assert!(
+                err.contains("num_hidden_layers") && err.contains("4294967296"),
+                "{err}"
+            );
+        }
+    }
+}
