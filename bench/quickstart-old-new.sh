@@ -18,7 +18,9 @@ run() { # name bin extra-args...
   local dir="$out/$name"
   rm -rf "$dir"; mkdir -p "$dir"
   echo "== $name start $(date -Is) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/log"
-  /usr/bin/time -v "$bin" --quiet run pipelines/quickstart.toml --cache "$dir/cache" \
+  # A copy of the pipeline, so that the run's lock file is written beside it, not in the repo.
+  cp pipelines/quickstart.toml "$dir/quickstart.toml"
+  /usr/bin/time -v "$bin" --quiet run "$dir/quickstart.toml" --cache "$dir/cache" \
     --set "output.dir=\"$dir/out\"" "$@" > "$dir/stdout" 2> "$dir/time" || echo "$name failed" | tee -a "$out/log"
   echo "== $name end $(date -Is) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/log"
   rm -rf "$dir/cache" "$dir/out/model"

@@ -1,5 +1,5 @@
 //! c2i's stages: the work itself. Each module is one stage of the method and knows
-//! nothing of salsa or of where the cache lives; the engine calls these functions and
+//! nothing of actions, executors or where the cache lives; the engine calls these functions and
 //! stores what they return.
 //!
 //! - [`assets`]: fetch the real model and data packages, verify their sha256.
