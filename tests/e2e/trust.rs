@@ -10,6 +10,7 @@ use crate::support::fixture::{
 };
 use crate::support::{moto, tiny};
 use c2i_cache::{BlobRef, Key, ObjectKind, PutEntry, Store};
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -725,44 +726,12 @@ fn lock_files_do_not_depend_on_the_thread_count_and_frozen_runs_check_them() {
     assert!(err.contains("no longer matches"), "{err}");
 }
 
-/// A GGUF header with the given metadata and no tensors (GGUF v3).
+/// A GGUF file with the given metadata and no tensors (candle's writer).
 fn gguf_header(kvs: &[(&str, GgufValue)]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(b"GGUF");
-    b.extend_from_slice(&3u32.to_le_bytes());
-    b.extend_from_slice(&0u64.to_le_bytes());
-    b.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
-    for (k, v) in kvs {
-        b.extend_from_slice(&(k.len() as u64).to_le_bytes());
-        b.extend_from_slice(k.as_bytes());
-        match v {
-            GgufValue::U32(x) => {
-                b.extend_from_slice(&4u32.to_le_bytes());
-                b.extend_from_slice(&x.to_le_bytes());
-            }
-            GgufValue::F32(x) => {
-                b.extend_from_slice(&6u32.to_le_bytes());
-                b.extend_from_slice(&x.to_le_bytes());
-            }
-            GgufValue::Str(s) => {
-                b.extend_from_slice(&8u32.to_le_bytes());
-                b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                b.extend_from_slice(s.as_bytes());
-            }
-            GgufValue::U64(x) => {
-                b.extend_from_slice(&10u32.to_le_bytes());
-                b.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-    }
-    b
-}
-
-enum GgufValue {
-    U32(u32),
-    U64(u64),
-    F32(f32),
-    Str(&'static str),
+    let refs: Vec<(&str, &GgufValue)> = kvs.iter().map(|(k, v)| (*k, v)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut out, &refs, &[]).unwrap();
+    out.into_inner()
 }
 
 #[test]
@@ -775,7 +744,7 @@ fn a_gguf_declaring_huge_sizes_fails_cleanly_under_a_1_gib_address_space_limit()
     ];
     for (which, forged) in sizes.into_iter().enumerate() {
         let mut kvs = vec![
-            ("general.architecture", GgufValue::Str("llama")),
+            ("general.architecture", GgufValue::String("llama".into())),
             ("llama.block_count", GgufValue::U32(2)),
             ("llama.context_length", GgufValue::U32(2048)),
             ("llama.embedding_length", GgufValue::U32(64)),
