@@ -116,12 +116,16 @@ pub struct ActionBuilder {
 }
 
 impl ActionBuilder {
+    /// `value` as JSON; an error is kept for [`ActionBuilder::build`] to report.
+    fn json(&mut self, what: &str, name: &str, value: impl Serialize) -> Option<serde_json::Value> {
+        serde_json::to_value(value)
+            .map_err(|e| self.errors.push(format!("{what} {name}: {e}")))
+            .ok()
+    }
+
     pub fn param(mut self, name: &str, value: impl Serialize) -> Self {
-        match serde_json::to_value(value) {
-            Ok(v) => {
-                self.params.insert(name.to_string(), v);
-            }
-            Err(e) => self.errors.push(format!("parameter {name}: {e}")),
+        if let Some(v) = self.json("parameter", name, value) {
+            self.params.insert(name.to_string(), v);
         }
         self
     }
@@ -139,11 +143,8 @@ impl ActionBuilder {
     }
 
     pub fn setting(mut self, name: &str, value: impl Serialize) -> Self {
-        match serde_json::to_value(value) {
-            Ok(v) => {
-                self.settings.insert(name.to_string(), v);
-            }
-            Err(e) => self.errors.push(format!("setting {name}: {e}")),
+        if let Some(v) = self.json("setting", name, value) {
+            self.settings.insert(name.to_string(), v);
         }
         self
     }

@@ -276,6 +276,9 @@ pub struct Ctx {
     /// Actions this process planned, by key (to rerun an upstream whose blob is lost).
     planned: Mutex<HashMap<Key, Action>>,
     host: String,
+    /// Freed activation memory stays in the process while a context lives: without it
+    /// glibc maps and zeroes fresh pages for large activations of every evaluation.
+    _heap: c2i_stages::model::ops::alloc::RetainHeap,
 }
 
 impl Ctx {
@@ -301,6 +304,7 @@ impl Ctx {
             resolved: Mutex::new(HashMap::new()),
             planned: Mutex::new(HashMap::new()),
             host: hostname(),
+            _heap: c2i_stages::model::ops::alloc::RetainHeap::new(),
         })
     }
 
@@ -962,11 +966,12 @@ impl Ctx {
         digest: &Digest,
         spec: &DeviceSpec,
     ) -> Result<Arc<Weights>, EngineError> {
-        if spec.is_cpu() {
-            return Ok(Arc::new(loaded.weights.clone()));
-        }
-        let dev = self.device(spec)?;
         self.loaded.weights(digest, spec, || {
+            if spec.is_cpu() {
+                // The same tensors (shared storage), held once per process.
+                return Ok(loaded.weights.clone());
+            }
+            let dev = self.device(spec)?;
             Ok(loaded.weights.to_device(&dev, spec.dtype())?)
         })
     }

@@ -86,9 +86,11 @@ pub struct Loaded {
     devices: Table<DeviceSpec, candle_core::Device>,
     weights: Table<(Digest, DeviceSpec), Weights>,
     decoders: Table<(Digest, DeviceSpec), Decoder>,
-    examples: Table<(Task, Digest), Dataset>,
-    /// Rows wrapped in a model's chat template: (task, data, model).
-    chat_examples: Table<(Task, Digest, Digest), Dataset>,
+    /// Rows by (task digest, data digest): the task's meaning, not where it was defined,
+    /// so the runner's task and an action's rebuilt one share the rows.
+    examples: Table<(String, Digest), Dataset>,
+    /// Rows wrapped in a model's chat template: (task digest, data, model).
+    chat_examples: Table<(String, Digest, Digest), Dataset>,
     eval_sets: Table<EvalSetId, EvalSet>,
     prefixes: Table<(EvalSetId, Vec<usize>), Prefix>,
 }
@@ -154,7 +156,8 @@ impl Loaded {
         digest: &Digest,
         make: impl FnOnce() -> Result<Dataset, EngineError>,
     ) -> Result<Arc<Dataset>, EngineError> {
-        self.examples.get_or(&(task.clone(), *digest), make)
+        self.examples
+            .get_or(&(task.digest().to_string(), *digest), make)
     }
 
     /// The rows as a model sees them (its chat template applied).
@@ -166,7 +169,7 @@ impl Loaded {
         make: impl FnOnce() -> Result<Dataset, EngineError>,
     ) -> Result<Arc<Dataset>, EngineError> {
         self.chat_examples
-            .get_or(&(task.clone(), *data, *model), make)
+            .get_or(&(task.digest().to_string(), *data, *model), make)
     }
 
     /// An evaluation set (tokenized prompts and answers).

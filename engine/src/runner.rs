@@ -22,7 +22,7 @@ use c2i_stages::assets;
 use c2i_stages::data::split::{sample_with, selection_samples_with, Split};
 use c2i_stages::data::Answer;
 use c2i_stages::data::{Format, Task};
-use c2i_stages::eval::evaluator::{credit, summarize, SampleRecord};
+use c2i_stages::eval::evaluator::{credit, summarize, SampleRecord, Shape};
 use c2i_stages::eval::metrics::{select_best, SelectionScore};
 use c2i_stages::eval::race::{self, Racing, RowOutcome};
 use c2i_stages::model::MatrixId;
@@ -404,6 +404,20 @@ pub fn eval_of<'a>(p: &'a Pipeline, inp: &'a Inputs, rows: Rows) -> EvalOf<'a> {
     }
 }
 
+/// What the evaluation of round `ri` (0-based) of the selection rows is of.
+pub fn round_of<'a>(
+    p: &'a Pipeline,
+    inp: &'a Inputs,
+    rounds: &[std::ops::Range<usize>],
+    ri: usize,
+) -> EvalOf<'a> {
+    EvalOf {
+        row_list: &inp.evaluation[rounds[ri].clone()],
+        round: Some((ri + 1, rounds.len())),
+        ..eval_of(p, inp, Rows::Selection)
+    }
+}
+
 /// The matrices searched.
 pub fn search_matrices(p: &Pipeline, n_layers: usize) -> Vec<MatrixId> {
     let mut v = Vec::new();
@@ -478,36 +492,49 @@ pub fn figures(entry: &ActionEntry, collapse_threshold: f64) -> Result<Figures, 
     ))
 }
 
-/// The figures of the rows of several evaluations of one model (a race's rounds): what
-/// evaluating all their rows at once gives, from their stored per-row records.
-pub fn figures_of_rounds(
-    ctx: &Ctx,
-    entries: &[Arc<ActionEntry>],
-    collapse_threshold: f64,
-) -> Result<(Figures, Vec<SampleRecord>), EngineError> {
-    let corrupt = |e: &ActionEntry, what: String| {
-        EngineError::Corrupt(format!("evaluation entry {}: {what}", e.key))
-    };
-    let mut records = Vec::new();
-    let mut shape = None;
-    for e in entries {
-        let s = evaluate::summary(e).map_err(|m| corrupt(e, m))?;
-        shape.get_or_insert(s.shape);
+/// One model's evaluations over a race's rounds: each round's per-row records, read
+/// once from its entry and kept in order; their figures are what evaluating all those
+/// rows at once gives.
+#[derive(Default)]
+pub struct RoundRecords {
+    shape: Option<Shape>,
+    records: Vec<SampleRecord>,
+}
+
+impl RoundRecords {
+    /// Adds the records of one round's evaluation entry.
+    pub fn add(&mut self, ctx: &Ctx, e: &ActionEntry) -> Result<(), EngineError> {
+        let corrupt =
+            |what: String| EngineError::Corrupt(format!("evaluation entry {}: {what}", e.key));
+        let s = evaluate::summary(e).map_err(corrupt)?;
+        self.shape.get_or_insert(s.shape);
         let blob = ctx.output(e, "records")?;
         let r: Vec<SampleRecord> =
-            serde_json::from_slice(blob.bytes()).map_err(|m| corrupt(e, m.to_string()))?;
-        records.extend(r);
+            serde_json::from_slice(blob.bytes()).map_err(|m| corrupt(m.to_string()))?;
+        self.records.extend(r);
+        Ok(())
     }
-    let shape = shape.ok_or_else(|| EngineError::Invalid("no rounds to add up".into()))?;
-    let r = summarize(&shape, "rounds", records, collapse_threshold)?;
-    let f = figures_of(
-        r.samples,
-        serde_json::to_value(&r.metrics)?,
-        r.log_loss,
-        r.selection,
-        collapse_threshold,
-    );
-    Ok((f, r.records))
+
+    /// The records so far, in evaluation order.
+    pub fn records(&self) -> &[SampleRecord] {
+        &self.records
+    }
+
+    /// The figures of every row so far.
+    pub fn figures(&self, collapse_threshold: f64) -> Result<Figures, EngineError> {
+        let shape = self
+            .shape
+            .as_ref()
+            .ok_or_else(|| EngineError::Invalid("no rounds to add up".into()))?;
+        let r = summarize(shape, "rounds", self.records.clone(), collapse_threshold)?;
+        Ok(figures_of(
+            r.samples,
+            serde_json::to_value(&r.metrics)?,
+            r.log_loss,
+            r.selection,
+            collapse_threshold,
+        ))
+    }
 }
 
 fn figures_of(
@@ -811,21 +838,17 @@ pub fn run(
     let n = candidates.len();
     let mut alive = vec![true; n];
     let mut stopped: Vec<Option<usize>> = vec![None; n];
-    let mut cand_entries: Vec<Vec<Arc<ActionEntry>>> = vec![Vec::new(); n];
-    let mut base_entries = Vec::new();
+    let mut cand_rounds: Vec<RoundRecords> = (0..n).map(|_| RoundRecords::default()).collect();
+    let mut base_rounds = RoundRecords::default();
     let mut base_held = None;
     let mut alive_after_round = Vec::new();
-    for (ri, range) in rounds.iter().enumerate() {
+    for ri in 0..rounds.len() {
         let idx: Vec<usize> = (0..n).filter(|&i| alive[i]).collect();
         let mut layers: Vec<usize> = idx.iter().map(|&i| candidates[i].0.matrix.layer).collect();
         layers.sort();
         layers.dedup();
         w.exec.hint_prefix_layers(ctx, &layers);
-        let round = EvalOf {
-            row_list: &sel_rows[range.clone()],
-            round: Some((ri + 1, rounds.len())),
-            ..of(Rows::Selection)
-        };
+        let round = round_of(p, &inp, &rounds, ri);
         let mut wave = vec![evaluate::action(&round, None)?];
         for &i in &idx {
             let c = candidates[i].0;
@@ -837,9 +860,9 @@ pub fn run(
             wave.push(evaluate::action(&of(Rows::Heldout), None)?);
         }
         let got = w.ensure(&wave)?;
-        base_entries.push(got[0].clone());
+        base_rounds.add(ctx, &got[0])?;
         for (k, &i) in idx.iter().enumerate() {
-            cand_entries[i].push(got[1 + k].clone());
+            cand_rounds[i].add(ctx, &got[1 + k])?;
         }
         if held_too {
             base_held = got.last().cloned();
@@ -850,8 +873,8 @@ pub fn run(
                 Racing::Exact => {
                     let mut b = Vec::with_capacity(idx.len());
                     for &i in &idx {
-                        let (_, records) = figures_of_rounds(ctx, &cand_entries[i], threshold)?;
-                        let seen: Vec<RowOutcome> = records
+                        let seen: Vec<RowOutcome> = cand_rounds[i]
+                            .records()
                             .iter()
                             .zip(&gold)
                             .map(|(r, g)| RowOutcome {
@@ -866,7 +889,7 @@ pub fn run(
                 Racing::Halving => {
                     let mut partial = Vec::with_capacity(idx.len());
                     for &i in &idx {
-                        let (f, _) = figures_of_rounds(ctx, &cand_entries[i], threshold)?;
+                        let f = cand_rounds[i].figures(threshold)?;
                         partial.push((candidates[i].0, f.selection));
                     }
                     race::halving_survivors(metric, &partial)?
@@ -882,7 +905,7 @@ pub fn run(
         alive_after_round.push(alive.iter().filter(|a| **a).count());
     }
     for (i, (c, score)) in candidates.iter().enumerate() {
-        let (selection, _) = figures_of_rounds(ctx, &cand_entries[i], threshold)?;
+        let selection = cand_rounds[i].figures(threshold)?;
         result.candidates.push(Evaluated {
             matrix: c.matrix.hf_name(),
             layer: c.matrix.layer,
@@ -923,10 +946,7 @@ pub fn run(
     let base_held = base_held
         .ok_or_else(|| EngineError::Invalid("the held-out evaluation did not run".into()))?;
     result.baseline = Some(BTreeMap::from([
-        (
-            "selection".to_string(),
-            figures_of_rounds(ctx, &base_entries, threshold)?.0,
-        ),
+        ("selection".to_string(), base_rounds.figures(threshold)?),
         ("heldout".to_string(), figures(&base_held, threshold)?),
     ]));
 

@@ -12,7 +12,7 @@ use crate::action::Action;
 use crate::ctx::Ctx;
 use crate::runner::{choose, inputs, rule, score_of, search_matrices};
 use crate::spec::{Pipeline, SearchMode};
-use crate::stages::evaluate::{self, Candidate, EvalOf, Rows};
+use crate::stages::evaluate::{self, Candidate, Rows};
 use crate::stages::{factors, gradients, matrix_digests, sv_grads};
 use crate::EngineError;
 use c2i_cache::{ActionEntry, Lookup};
@@ -157,11 +157,7 @@ pub fn status(ctx: &Ctx, p: &Pipeline) -> Result<Vec<StatusLine>, EngineError> {
     // The selection rows in racing rounds: every round of every candidate is listed
     // (what `racing = "off"` runs; a race may stop some candidates before their last).
     let rounds = c2i_stages::eval::race::rounds(inp.evaluation.len());
-    let round_of = |ri: usize| EvalOf {
-        row_list: &inp.evaluation[rounds[ri].clone()],
-        round: Some((ri + 1, rounds.len())),
-        ..of(Rows::Selection)
-    };
+    let round_of = |ri: usize| crate::runner::round_of(p, &inp, &rounds, ri);
     for ri in 0..rounds.len() {
         out.push(line(ctx, &evaluate::action(&round_of(ri), None)?)?.1);
     }

@@ -437,9 +437,6 @@ fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<serde_json::Value> {
 }
 
 pub fn run(args: RunArgs, out: &Output) -> Result<()> {
-    // Freed activation memory stays in the process for the whole run: without it glibc
-    // maps and zeroes fresh pages for every large activation of every evaluation.
-    let _heap = c2i_stages::model::ops::alloc::RetainHeap::new();
     let p = Pipeline::load(&args.pipeline, &args.set)?;
     let (ctx, config) = context(
         &p,
@@ -508,7 +505,6 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
 }
 
 pub fn sweep(args: SweepArgs, out: &Output) -> Result<()> {
-    let _heap = c2i_stages::model::ops::alloc::RetainHeap::new();
     let first = Pipeline::load(&args.base.pipeline, &args.base.set)?;
     let (ctx, config) = context(
         &first,

@@ -105,8 +105,6 @@ fn context(c: &Conn) -> Result<Ctx> {
 
 /// Runs the command; returns the process exit code.
 pub fn run(args: Args, _out: &Output) -> Result<i32> {
-    // As `c2i run`: freed activation memory is reused across the actions a worker runs.
-    let _heap = c2i_stages::model::ops::alloc::RetainHeap::new();
     match args.command {
         WorkerCommand::Run { keys, report, conn } => {
             let ctx = match context(&conn) {

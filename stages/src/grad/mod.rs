@@ -316,11 +316,8 @@ pub fn gradient_pass_autograd(
                     id.hf_name()
                 ))
             })?;
-            // Accumulated in at least f32 (bf16 weights on a GPU); f64 stays f64.
-            let g = match g.dtype() {
-                DType::F64 | DType::F32 => g.clone(),
-                _ => g.to_dtype(DType::F32)?,
-            };
+            // Accumulated in at least f32 (bf16 weights on a GPU).
+            let g = crate::model::decoder::at_least_f32(g.clone())?;
             let sum = match grads.remove(id) {
                 Some(acc) => (acc + g)?,
                 None => g,

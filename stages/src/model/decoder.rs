@@ -230,6 +230,14 @@ struct Tables {
     bias: BTreeMap<Option<usize>, Tensor>,
 }
 
+/// `t` in f32 when it is in half precision (bf16, f16); f32 and f64 as they are.
+pub fn at_least_f32(t: Tensor) -> CResult<Tensor> {
+    match t.dtype() {
+        DType::F64 | DType::F32 => Ok(t),
+        _ => t.to_dtype(DType::F32),
+    }
+}
+
 impl Decoder {
     /// Builds the decoder from dense weights.
     pub fn new(weights: &Weights) -> Result<Decoder, ModelError> {
@@ -378,12 +386,8 @@ impl Decoder {
         let idx = Tensor::from_vec(idx, flat_pos.len(), h.device())?;
         let rows = h.reshape((b * t, d))?.index_select(&idx, 0)?;
         let rows = self.rms_norm(&rows, &self.norm)?;
-        // At least f32: a bf16 log-softmax loses the answer (f64 stays f64).
-        let logits = rows.matmul(&self.lm_head.t()?)?;
-        let logits = match logits.dtype() {
-            DType::F64 | DType::F32 => logits,
-            _ => logits.to_dtype(DType::F32)?,
-        };
+        // A bf16 log-softmax loses the answer.
+        let logits = at_least_f32(rows.matmul(&self.lm_head.t()?)?)?;
         candle_nn::ops::log_softmax(&logits, D::Minus1)
     }
 

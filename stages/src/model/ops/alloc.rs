@@ -5,8 +5,8 @@
 //! it is free, so every micro-batch pays again for page faults and zeroing of fresh
 //! pages (measured: ~9% of the pass in the kernel). [`RetainHeap`] raises both thresholds
 //! for its lifetime, so freed blocks are reused, then trims once and restores glibc's
-//! default thresholds (128 KiB) when dropped. No-op on other platforms. The `run`,
-//! `sweep` and `worker` commands hold one for their whole life: restoring the
+//! default thresholds (128 KiB) when dropped. No-op on other platforms. The engine's
+//! context (`c2i run`, `sweep`, the workers) holds one for its whole life: restoring the
 //! thresholds explicitly also switches off glibc's dynamic mmap threshold, after which
 //! every large activation of every evaluation was a fresh mapping (measured on the cold
 //! quickstart: 56 million minor faults and system time 24% of user time without it).
