@@ -21,40 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// How one stage instance was satisfied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Found in the on-disk cache.
-    Hit,
-    /// Computed (and stored).
-    Computed,
-    /// Reused from this process's memory (an earlier variant of a sweep).
-    Memo,
-    /// Missing locally, fetched from the remote cache (every blob rehashed).
-    Pulled,
-    /// The remote had it, but a blob failed its hash or size (or the entry its
-    /// checks): rejected, and computed here instead.
-    #[serde(rename = "remote-rejected")]
-    RemoteRejected,
-    /// The remote had it, but not signed by a trusted key: not used, computed instead.
-    #[serde(rename = "remote-untrusted")]
-    RemoteUntrusted,
-}
-
-impl Outcome {
-    /// The name used in run.json and on the console.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Computed => "computed",
-            Outcome::Memo => "memo",
-            Outcome::Pulled => "pulled",
-            Outcome::RemoteRejected => "remote-rejected",
-            Outcome::RemoteUntrusted => "remote-untrusted",
-        }
-    }
-}
+pub use c2i_stages::export::schema::{Outcome, StageRecord};
 
 /// The remote cache of a run and what happened with it (run.json's `remote`).
 pub struct Remote {
@@ -138,33 +105,6 @@ pub struct Trust {
     pub trusted: Option<TrustedKeys>,
     /// Whether computed entries (and descriptions) are written to the remote.
     pub push: bool,
-}
-
-/// One line of `run.json`: a stage instance, its key, how it was satisfied, how long,
-/// and, when computed, where and how.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageRecord {
-    pub stage: String,
-    /// What the instance is about (matrix, K, candidate...).
-    pub instance: String,
-    pub key: String,
-    pub outcome: Outcome,
-    pub seconds: f64,
-    /// Why a cached or remote copy was not used, when it was not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    /// Where it was computed: `local`, `pool` or `slurm`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub executor: Option<String>,
-    /// The machine that computed it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    /// The Slurm job (`JOBID_TASK`) or pool worker (`pid N`) that computed it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<String>,
-    /// How many times it was started (more than 1 after a worker died or was cancelled).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<u32>,
 }
 
 /// Where and how a computed instance ran, for its [`StageRecord`].

@@ -23,27 +23,10 @@ use c2i_stages::model::tokenizer::SpecialTokens;
 use c2i_stages::model::weights::{save_safetensors, SaveDType};
 use c2i_stages::model::ModelConfig;
 use candle_core::{Device, Tensor};
-use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// A file written, and its size.
-#[derive(Debug, Clone, Serialize)]
-pub struct Written {
-    pub path: PathBuf,
-    pub bytes: u64,
-}
-
-/// What was exported.
-#[derive(Debug, Clone, Serialize)]
-pub struct ExportInfo {
-    pub dense: Option<Written>,
-    pub factored: Option<FactoredInfo>,
-    /// BLAKE3 of every exported file, by its path relative to the output directory
-    /// (what the lock file records).
-    #[serde(skip)]
-    pub digests: BTreeMap<String, String>,
-}
+pub use c2i_stages::export::schema::{ExportInfo, FactoredInfo, Written};
 
 /// BLAKE3 of a file, streamed.
 fn file_digest(path: &Path) -> Result<String, EngineError> {
@@ -60,15 +43,6 @@ fn crash_point(point: &str) {
         eprintln!("C2I_CRASH_AT={point}: aborting here");
         std::process::abort();
     }
-}
-
-/// The factored matrix file, with parameter counts against the dense matrix.
-#[derive(Debug, Clone, Serialize)]
-pub struct FactoredInfo {
-    pub path: PathBuf,
-    pub bytes: u64,
-    pub params: usize,
-    pub dense_params: usize,
 }
 
 fn size(path: &Path) -> u64 {

@@ -27,7 +27,6 @@ use c2i_stages::eval::metrics::{select_best, SelectionScore};
 use c2i_stages::eval::race::{self, Racing, RowOutcome};
 use c2i_stages::model::MatrixId;
 use c2i_stages::score::{rank_kept, ScoreRule};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,156 +56,58 @@ impl std::str::FromStr for Until {
     }
 }
 
-/// One scored (matrix, K, rho).
-#[derive(Debug, Clone, Serialize)]
-pub struct Scored {
-    pub matrix: String,
-    pub layer: usize,
-    pub kind: String,
-    pub blocks: usize,
-    pub keep: f64,
-    pub score: f64,
-}
+pub use c2i_stages::export::schema::{
+    Baseline, Best, DataInfo, Evaluated, Figures, RaceSummary, Report, Scored, TaskInfo,
+};
 
-/// An evaluation's figures as reports show them.
-#[derive(Debug, Clone, Serialize)]
-pub struct Figures {
-    pub samples: usize,
-    pub accuracy: f64,
-    pub log_loss: f64,
-    pub metrics: serde_json::Value,
-    pub selection: SelectionScore,
-}
-
-/// One evaluated candidate.
-#[derive(Debug, Clone, Serialize)]
-pub struct Evaluated {
-    pub matrix: String,
-    pub layer: usize,
-    pub blocks: usize,
-    pub keep: f64,
-    pub score: Option<f64>,
-    /// Its figures on the rows it was evaluated on: all the selection rows, or, for a
-    /// candidate a race stopped early, the rows up to that round (`partial`).
-    pub selection: Figures,
-    /// Selection rows it was evaluated on.
-    pub rows_evaluated: usize,
-    /// The race stopped it after this round (1-based): its figures are partial.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stopped_after_round: Option<usize>,
-}
-
-/// What racing did (`search.racing`).
-#[derive(Debug, Clone, Serialize)]
-pub struct RaceSummary {
-    pub racing: Racing,
-    /// Where each round ends, in selection rows.
-    pub round_ends: Vec<usize>,
-    /// Candidates still in the race after each round.
-    pub alive_after_round: Vec<usize>,
-    /// Candidate-rows evaluated, and what evaluating every candidate on every row
-    /// would have been.
-    pub candidate_rows: usize,
-    pub candidate_rows_full: usize,
-    /// 1 - candidate_rows / candidate_rows_full.
-    pub saved_share: f64,
-    /// `exact`: the winner is the one a full evaluation picks; `halving`: statistical.
-    pub guarantee: String,
-}
-
-/// The best candidate with its held-out figures.
-#[derive(Debug, Clone, Serialize)]
-pub struct Best {
-    pub matrix: String,
-    pub blocks: usize,
-    pub keep: f64,
-    pub selection: Figures,
-    pub heldout: Figures,
-}
-
-/// Everything a run found (report.json is made from this).
-#[derive(Debug, Clone, Serialize)]
+/// Everything a run found: the report (report.json) and what only run.json and the
+/// lock file record.
+#[derive(Debug, Clone)]
 pub struct RunResult {
-    pub task: String,
-    pub model: String,
-    pub mode: SearchMode,
-    pub selection_metric: String,
-    pub scores: Vec<Scored>,
-    pub baseline: Option<BTreeMap<String, Figures>>,
-    pub candidates: Vec<Evaluated>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub race: Option<RaceSummary>,
-    pub best: Option<Best>,
-    pub stages: Vec<StageRecord>,
-    pub seconds: f64,
-    pub resolved: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub export: Option<crate::export::ExportInfo>,
-    /// The data rows (0-based, in the data file's order; LASER's order for BigBench)
-    /// each sample used: `calibration` by the gradient pass, `evaluation` by the
-    /// baseline's and every candidate's selection evaluation, `heldout` by the
-    /// baseline's and the winner's held-out evaluation.
-    pub rows: BTreeMap<String, Vec<usize>>,
-    /// The data file read.
-    pub data: PathBuf,
-    /// What reproduces the run's data: the file's digest, format and row counts
-    /// (absent when a run failed before reading it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_info: Option<DataInfo>,
-    /// The task: name, content digest, where it was defined and what it means.
-    pub task_info: TaskInfo,
+    pub report: Report,
     /// Where the stages computed (run.json's versions).
-    #[serde(skip)]
     pub device: crate::action::DeviceSpec,
     /// What the run did with the remote cache (run.json only: it differs between
     /// runs that found the same results).
-    #[serde(skip)]
     pub remote: Option<RemoteSummary>,
     /// The executor and what it submitted (run.json only).
-    #[serde(skip)]
     pub executor: String,
-    #[serde(skip)]
     pub jobs: serde_json::Value,
     /// The lock of a complete run (`None` with `--until`).
-    #[serde(skip)]
     pub lock: Option<Lock>,
 }
 
-/// The data file of a run, as report.json records it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DataInfo {
-    /// BLAKE3 of the file.
-    pub digest: String,
-    pub format: Format,
-    /// Examples read (after any skipped rows).
-    pub rows: usize,
-    /// Rows left out, with the reason (BigBench generation rows with several targets).
-    pub skipped: usize,
-    /// The first `selection_rows` rows are the selection split.
-    pub selection_rows: usize,
-    pub selection_share: f64,
-}
-
 /// The task of a run, as report.json records it.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskInfo {
-    pub name: String,
-    /// The content digest that enters the gradients' and evaluations' keys.
-    pub digest: String,
-    /// The task file, or `builtin:NAME`.
-    pub file: PathBuf,
-    /// Every key with its default filled in.
-    pub definition: serde_json::Value,
+fn task_info(task: &Task) -> TaskInfo {
+    TaskInfo {
+        name: task.name().to_string(),
+        digest: task.digest().to_string(),
+        file: task.origin.clone(),
+        definition: task.canonical(),
+    }
 }
 
-impl TaskInfo {
-    pub fn of(task: &Task) -> TaskInfo {
-        TaskInfo {
-            name: task.name().to_string(),
-            digest: task.digest().to_string(),
-            file: task.origin.clone(),
-            definition: task.canonical(),
-        }
+/// The report of `p` before anything is found.
+fn empty_report(p: &Pipeline) -> Report {
+    Report {
+        task: p.task.name().to_string(),
+        model: p.spec.model.path.clone(),
+        mode: p.spec.search.mode,
+        selection_metric: p.spec.search.selection_metric.to_string(),
+        scores: Vec::new(),
+        baseline: None,
+        candidates: Vec::new(),
+        race: None,
+        best: None,
+        stages: Vec::new(),
+        seconds: 0.0,
+        // A spec serializes (plain data); `null` would only hide a bug, never a user's.
+        resolved: serde_json::to_value(&p.spec).unwrap_or_default(),
+        export: None,
+        rows: BTreeMap::new(),
+        data: PathBuf::new(),
+        data_info: None,
+        task_info: Some(task_info(&p.task)),
     }
 }
 
@@ -220,24 +121,11 @@ impl RunResult {
         log_start: usize,
         seconds: f64,
     ) -> RunResult {
+        let mut report = empty_report(p);
+        report.stages = ctx.log_since(log_start);
+        report.seconds = seconds;
         RunResult {
-            task: p.task.name().to_string(),
-            model: p.spec.model.path.clone(),
-            mode: p.spec.search.mode,
-            selection_metric: p.spec.search.selection_metric.to_string(),
-            scores: Vec::new(),
-            baseline: None,
-            candidates: Vec::new(),
-            race: None,
-            best: None,
-            stages: ctx.log_since(log_start),
-            seconds,
-            resolved: serde_json::to_value(&p.spec).unwrap_or_default(),
-            export: None,
-            rows: BTreeMap::new(),
-            data: PathBuf::new(),
-            data_info: None,
-            task_info: TaskInfo::of(&p.task),
+            report,
             device: p.device.clone(),
             remote: ctx.remote_summary(),
             executor: exec.kind().name().to_string(),
@@ -248,7 +136,7 @@ impl RunResult {
 
     /// Count of stage records with each outcome.
     pub fn outcomes(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
-        outcome_counts(&self.stages)
+        outcome_counts(&self.report.stages)
     }
 }
 
@@ -483,7 +371,7 @@ pub fn choose(
 pub fn figures(entry: &ActionEntry, collapse_threshold: f64) -> Result<Figures, EngineError> {
     let s = evaluate::summary(entry)
         .map_err(|e| EngineError::Corrupt(format!("evaluation entry {}: {e}", entry.key)))?;
-    Ok(figures_of(
+    Ok(Figures::new(
         s.samples,
         s.metrics,
         s.log_loss,
@@ -527,34 +415,13 @@ impl RoundRecords {
             .as_ref()
             .ok_or_else(|| EngineError::Invalid("no rounds to add up".into()))?;
         let r = summarize(shape, "rounds", self.records.clone(), collapse_threshold)?;
-        Ok(figures_of(
+        Ok(Figures::new(
             r.samples,
-            serde_json::to_value(&r.metrics)?,
+            r.metrics,
             r.log_loss,
             r.selection,
             collapse_threshold,
         ))
-    }
-}
-
-fn figures_of(
-    samples: usize,
-    metrics: serde_json::Value,
-    log_loss: f64,
-    selection: SelectionScore,
-    collapse_threshold: f64,
-) -> Figures {
-    let mut metrics = metrics;
-    if let Some(share) = metrics.get("max_predicted_share").and_then(|v| v.as_f64()) {
-        metrics["collapse_threshold"] = collapse_threshold.into();
-        metrics["collapsed"] = (share > collapse_threshold).into();
-    }
-    Figures {
-        samples,
-        accuracy: selection.accuracy,
-        log_loss,
-        metrics,
-        selection,
     }
 }
 
@@ -678,29 +545,17 @@ pub fn run(
             .len(),
         selection_share: task.selection_share,
     };
-    let task_info = TaskInfo::of(task);
     let mut result = RunResult {
-        task: task.name().to_string(),
-        model: p.spec.model.path.clone(),
-        mode: p.spec.search.mode,
-        selection_metric: p.spec.search.selection_metric.to_string(),
-        scores: Vec::new(),
-        baseline: None,
-        candidates: Vec::new(),
-        race: None,
-        best: None,
-        stages: Vec::new(),
-        seconds: 0.0,
-        resolved: serde_json::to_value(&p.spec)?,
-        export: None,
-        rows: BTreeMap::from([
-            ("calibration".to_string(), inp.calibration.clone()),
-            ("evaluation".to_string(), inp.evaluation.clone()),
-            ("heldout".to_string(), inp.heldout.clone()),
-        ]),
-        data: inp.data_path.clone(),
-        data_info: Some(data_info),
-        task_info,
+        report: Report {
+            rows: BTreeMap::from([
+                ("calibration".to_string(), inp.calibration.clone()),
+                ("evaluation".to_string(), inp.evaluation.clone()),
+                ("heldout".to_string(), inp.heldout.clone()),
+            ]),
+            data: inp.data_path.clone(),
+            data_info: Some(data_info),
+            ..empty_report(p)
+        },
         device: p.device.clone(),
         remote: None,
         executor: exec.kind().name().to_string(),
@@ -708,9 +563,9 @@ pub fn run(
         lock: None,
     };
     let finish = |mut result: RunResult, exec: &dyn Executor| {
-        result.stages = ctx.log_since(log_start);
+        result.report.stages = ctx.log_since(log_start);
         result.remote = ctx.remote_summary();
-        result.seconds = started.elapsed().as_secs_f64();
+        result.report.seconds = started.elapsed().as_secs_f64();
         result.jobs = exec.jobs();
         result
     };
@@ -788,7 +643,7 @@ pub fn run(
                         )));
                     }
                     entries.push((Candidate::new(m, k, keep), score));
-                    result.scores.push(Scored {
+                    result.report.scores.push(Scored {
                         matrix: m.hf_name(),
                         layer: m.layer,
                         kind: m.kind.short().to_string(),
@@ -906,7 +761,7 @@ pub fn run(
     }
     for (i, (c, score)) in candidates.iter().enumerate() {
         let selection = cand_rounds[i].figures(threshold)?;
-        result.candidates.push(Evaluated {
+        result.report.candidates.push(Evaluated {
             matrix: c.matrix.hf_name(),
             layer: c.matrix.layer,
             blocks: c.blocks,
@@ -917,9 +772,14 @@ pub fn run(
             stopped_after_round: stopped[i],
         });
     }
-    let candidate_rows: usize = result.candidates.iter().map(|c| c.rows_evaluated).sum();
+    let candidate_rows: usize = result
+        .report
+        .candidates
+        .iter()
+        .map(|c| c.rows_evaluated)
+        .sum();
     let candidate_rows_full = n * sel_rows.len();
-    result.race = Some(RaceSummary {
+    result.report.race = Some(RaceSummary {
         racing,
         round_ends: rounds.iter().map(|r| r.end).collect(),
         alive_after_round,
@@ -945,17 +805,22 @@ pub fn run(
     }
     let base_held = base_held
         .ok_or_else(|| EngineError::Invalid("the held-out evaluation did not run".into()))?;
-    result.baseline = Some(BTreeMap::from([
-        ("selection".to_string(), base_rounds.figures(threshold)?),
-        ("heldout".to_string(), figures(&base_held, threshold)?),
-    ]));
+    result.report.baseline = Some(Baseline {
+        selection: base_rounds.figures(threshold)?,
+        heldout: figures(&base_held, threshold)?,
+    });
 
     // Wave 5: the winner (among the candidates that ran on every row) on the held-out
     // rows, then its export.
     let finished: Vec<usize> = (0..n).filter(|&i| stopped[i].is_none()).collect();
     let pool: Vec<(Candidate, SelectionScore)> = finished
         .iter()
-        .map(|&i| (candidates[i].0, result.candidates[i].selection.selection))
+        .map(|&i| {
+            (
+                candidates[i].0,
+                result.report.candidates[i].selection.selection,
+            )
+        })
         .collect();
     if let Some(j) = select_best(metric, &pool)? {
         let i = finished[j];
@@ -963,16 +828,16 @@ pub fn run(
         let f = facts[&(c.matrix, c.blocks)].clone();
         w.exec.hint_prefix_layers(ctx, &[]);
         let held = w.one(evaluate::action(&of(Rows::Heldout), Some((c, &f)))?)?;
-        result.best = Some(Best {
+        result.report.best = Some(Best {
             matrix: c.matrix.hf_name(),
             blocks: c.blocks,
             keep: c.keep(),
-            selection: result.candidates[i].selection.clone(),
+            selection: result.report.candidates[i].selection.clone(),
             heldout: figures(&held, threshold)?,
         });
         let o = &p.spec.output;
         if o.dense || o.factored {
-            result.export = Some(crate::export::export(
+            result.report.export = Some(crate::export::export(
                 ctx,
                 &inp,
                 c,
@@ -986,6 +851,7 @@ pub fn run(
         }
     }
     let export_digests = result
+        .report
         .export
         .as_ref()
         .map(|e| e.digests.clone())
@@ -1013,11 +879,11 @@ pub fn write_run_json(
     let path = dir.join("run.json");
     let mut json = serde_json::json!({
         "versions": crate::action::environment(&r.device),
-        "parameters": r.resolved,
+        "parameters": r.report.resolved,
         "executor": r.executor,
-        "stages": r.stages,
+        "stages": r.report.stages,
         "outcomes": r.outcomes(),
-        "seconds": r.seconds,
+        "seconds": r.report.seconds,
         "remote": r.remote,
     });
     if !r.jobs.is_null() {

@@ -93,15 +93,8 @@ fn default_heldout() -> SampleSpec {
     SampleSpec::new(SampleSize::N(200), 2)
 }
 
-/// How candidates are found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SearchMode {
-    /// Compress to Impress: score every matrix from one gradient pass, evaluate the top-k.
-    Gradient,
-    /// LASER's exhaustive search: evaluate every (layer, matrix, rank) in the grid.
-    Laser,
-}
+/// How candidates are found (report.json names it too).
+pub use c2i_stages::export::schema::SearchMode;
 
 /// What `top_k` counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

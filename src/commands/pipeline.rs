@@ -332,13 +332,12 @@ fn outcome_line(r: &RunResult) -> String {
         .join("; ")
 }
 
-/// `report` is `r` as report.json holds it (from [`write_outputs`]).
-fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
+fn summary(p: &Pipeline, r: &RunResult) -> String {
     let mut s = format!(
         "{} on {}: {:.1} s\n  {}",
         p.file.display(),
-        r.task,
-        r.seconds,
+        r.report.task,
+        r.report.seconds,
         outcome_line(r)
     );
     if let Some(rem) = &r.remote {
@@ -356,16 +355,16 @@ fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
             rem.repaired_blobs
         );
     }
-    if let Some(b) = &r.baseline {
-        for (which, f) in b {
+    if let Some(b) = &r.report.baseline {
+        for (which, f) in [("heldout", &b.heldout), ("selection", &b.selection)] {
             s += &format!(
                 "\n  baseline {which}: accuracy {:.3}, log-loss {:.4} ({} samples)",
                 f.accuracy, f.log_loss, f.samples
             );
         }
     }
-    for c in &r.candidates {
-        let collapsed = c.selection.metrics["collapsed"].as_bool().unwrap_or(false);
+    for c in &r.report.candidates {
+        let collapsed = c.selection.is_collapsed();
         s += &format!(
             "\n  candidate {} K={} keep={}: score {} accuracy {:.3} log-loss {:.4}{}",
             c.matrix,
@@ -387,7 +386,7 @@ fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
             );
         }
     }
-    if let Some(race) = &r.race {
+    if let Some(race) = &r.report.race {
         s += &format!(
             "\n  racing {}: {} of {} candidate-rows evaluated ({:.1}% saved)",
             race.racing,
@@ -396,12 +395,12 @@ fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
             100.0 * race.saved_share
         );
     }
-    if let Some(b) = &r.best {
+    if let Some(b) = &r.report.best {
         s += &format!(
             "\n  best ({}): {} K={} keep={}: selection accuracy {:.3}, held-out accuracy {:.3} (log-loss {:.4})",
-            r.selection_metric, b.matrix, b.blocks, fmt_keep(b.keep), b.selection.accuracy, b.heldout.accuracy, b.heldout.log_loss
+            r.report.selection_metric, b.matrix, b.blocks, fmt_keep(b.keep), b.selection.accuracy, b.heldout.accuracy, b.heldout.log_loss
         );
-        if let Some(note) = c2i_stages::export::report::no_gain_on_selection(report) {
+        if let Some(note) = c2i_stages::export::report::no_gain_on_selection(&r.report) {
             s += &format!("\n  NO GAIN: {note}");
         }
     }
@@ -409,20 +408,16 @@ fn summary(p: &Pipeline, r: &RunResult, report: &serde_json::Value) -> String {
 }
 
 /// run.json, report.json, report.md and the plots, in the pipeline's output directory.
-/// Returns the report as written to report.json.
-fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<serde_json::Value> {
+fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<()> {
     use c2i_stages::export::{plots, report};
     let dir = &p.spec.output.dir;
     write_run_json(dir, r, None)?;
-    let value = serde_json::to_value(r)?;
-    write_atomic(
-        &dir.join("report.json"),
-        &serde_json::to_vec_pretty(&value)?,
-    )?;
-    write_atomic(&dir.join("report.md"), report::markdown(&value).as_bytes())?;
+    let rep = &r.report;
+    write_atomic(&dir.join("report.json"), &serde_json::to_vec_pretty(rep)?)?;
+    write_atomic(&dir.join("report.md"), report::markdown(rep).as_bytes())?;
     for (name, svg) in [
-        ("scores_by_layer.svg", plots::scores_by_layer_svg(&value)),
-        ("accuracy_vs_keep.svg", plots::accuracy_vs_keep_svg(&value)),
+        ("scores_by_layer.svg", plots::scores_by_layer_svg(rep)),
+        ("accuracy_vs_keep.svg", plots::accuracy_vs_keep_svg(rep)),
     ] {
         let path = dir.join(name);
         match svg {
@@ -433,7 +428,7 @@ fn write_outputs(p: &Pipeline, r: &RunResult) -> Result<serde_json::Value> {
             }
         }
     }
-    Ok(value)
+    Ok(())
 }
 
 pub fn run(args: RunArgs, out: &Output) -> Result<()> {
@@ -469,7 +464,7 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
             return Err(e.into());
         }
     };
-    let report = write_outputs(&p, &r)?;
+    write_outputs(&p, &r)?;
     let mut wrote_lock = false;
     if let (Some(lock), false, None) = (&r.lock, args.frozen, args.until) {
         c2i_engine::lock::write(&lock_file, lock)?;
@@ -479,7 +474,7 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
     out.result(
         &format!(
             "{}\n  wrote run.json, report.json, report.md and plots to {}{}; peak RSS {}",
-            summary(&p, &r, &report),
+            summary(&p, &r),
             p.spec.output.dir.display(),
             if wrote_lock {
                 format!(", and {}", lock_file.display())
@@ -491,9 +486,9 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
             peak.map(mib).unwrap_or_default()
         ),
         &serde_json::json!({
-            "seconds": r.seconds,
+            "seconds": r.report.seconds,
             "outcomes": r.outcomes(),
-            "best": r.best,
+            "best": r.report.best,
             "output": p.spec.output.dir,
             "remote": r.remote,
             "executor": r.executor,
@@ -526,16 +521,16 @@ pub fn sweep(args: SweepArgs, out: &Output) -> Result<()> {
         let p = Pipeline::load(&args.base.pipeline, &set)?;
         let mut book = LockBook::collect(&p.device);
         let r = run_pipeline(&ctx, exec.as_mut(), &mut book, &p, args.base.until)?;
-        let report = write_outputs(&p, &r)?;
+        write_outputs(&p, &r)?;
         if !out.quiet && !out.json {
-            println!("variant {} [{v}]\n{}", i + 1, summary(&p, &r, &report));
+            println!("variant {} [{v}]\n{}", i + 1, summary(&p, &r));
             println!("  (`memo`: reused from an earlier variant in this process's memory)");
         }
         rows.push(serde_json::json!({
             "variant": v,
-            "seconds": r.seconds,
+            "seconds": r.report.seconds,
             "outcomes": r.outcomes(),
-            "best": r.best,
+            "best": r.report.best,
         }));
     }
     if out.json {

@@ -12,7 +12,7 @@ use c2i_cache::{ActionEntry, Digest};
 use c2i_stages::compress::dense_candidate;
 use c2i_stages::data::Task;
 use c2i_stages::eval::evaluator::{
-    evaluate as run_eval, first_changed_layer, EvalOptions, EvalSet, Shape,
+    evaluate as run_eval, first_changed_layer, EvalOptions, EvalSet, Shape, TaskMetrics,
 };
 use c2i_stages::eval::metrics::SelectionScore;
 use c2i_stages::eval::prefix::Prefix;
@@ -252,7 +252,7 @@ fn run(ctx: &Ctx, action: &Action) -> Result<Produced, EngineError> {
 pub struct Summary {
     pub samples: usize,
     pub shape: Shape,
-    pub metrics: serde_json::Value,
+    pub metrics: TaskMetrics,
     pub log_loss: f64,
     pub selection: SelectionScore,
 }
@@ -273,9 +273,6 @@ pub fn summary(entry: &ActionEntry) -> Result<Summary, String> {
                 return Err(format!("{name} is {v}"));
             }
         }
-    }
-    if !s.metrics.is_object() {
-        return Err("metrics is not an object".into());
     }
     Ok(s)
 }

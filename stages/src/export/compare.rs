@@ -16,10 +16,10 @@
 //! stage.
 
 use super::report::{
-    baseline, count, fixed, fmt_hist, fmt_keep, fmt_seconds, no_gain_on_selection, num,
-    short_matrix_name, stage_records, text, Align, Figures, MetricsKind, Table, MISSING,
+    fixed, fmt_hist, fmt_keep, fmt_seconds, no_gain_on_selection, short_matrix_name, Align, Table,
+    MISSING,
 };
-use serde_json::Value;
+use super::schema::{Figures, MetricsKind, Report};
 use std::fmt::Write as _;
 
 /// One run's line of the comparison.
@@ -49,60 +49,31 @@ pub struct RunSummary {
     pub total_seconds: Option<f64>,
 }
 
-fn is_heldout(instance: &str) -> bool {
-    instance
-        .rsplit(',')
-        .next()
-        .is_some_and(|s| s.trim().eq_ignore_ascii_case("heldout"))
-}
-
-/// Reads the comparison line of one run from its `report.json` value.
-pub fn summarize(label: &str, report: &Value) -> RunSummary {
-    let (_, baseline_heldout) = baseline(report).unwrap_or((None, None));
-    let best = report.get("best").filter(|b| b.is_object());
-    let winner = best.map(|b| {
-        let m = text(b, "matrix").map_or(MISSING, short_matrix_name);
-        let k = count(b, "blocks").map_or_else(|| MISSING.to_string(), |k| k.to_string());
-        let keep = num(b, "keep").map_or_else(|| MISSING.to_string(), fmt_keep);
-        format!("{m}, K={k}, keep {keep}")
-    });
-    let best_heldout = best
-        .and_then(|b| b.get("heldout"))
-        .filter(|h| h.is_object())
-        .map(Figures::from_value);
-    let mut search_seconds = 0.0;
-    let mut search_cached = 0;
-    let mut heldout_seconds = 0.0;
-    for r in stage_records(report) {
-        let heldout =
-            text(r, "stage") == Some("evaluate") && text(r, "instance").is_some_and(is_heldout);
-        let secs = num(r, "seconds").filter(|s| s.is_finite()).unwrap_or(0.0);
-        match text(r, "outcome").map(str::to_ascii_lowercase).as_deref() {
-            Some("computed" | "pulled") if heldout => heldout_seconds += secs,
-            Some("computed" | "pulled") => search_seconds += secs,
-            Some("hit" | "memo") if !heldout => search_cached += 1,
-            _ => {}
-        }
-    }
+/// Reads the comparison line of one run from its report.
+pub fn summarize(label: &str, report: &Report) -> RunSummary {
+    let best = report.best.as_ref();
+    let (search_seconds, search_cached, heldout_seconds) = report.search_cost();
     RunSummary {
         label: label.to_string(),
-        task: text(report, "task").unwrap_or(MISSING).to_string(),
-        mode: text(report, "mode").unwrap_or(MISSING).to_string(),
-        selection_metric: text(report, "selection_metric")
-            .unwrap_or(MISSING)
-            .to_string(),
-        baseline_heldout,
-        winner,
+        task: report.task.clone(),
+        mode: report.mode.name().to_string(),
+        selection_metric: report.selection_metric.clone(),
+        baseline_heldout: report.baseline.as_ref().map(|b| b.heldout.clone()),
+        winner: best.map(|b| {
+            format!(
+                "{}, K={}, keep {}",
+                short_matrix_name(&b.matrix),
+                b.blocks,
+                fmt_keep(b.keep)
+            )
+        }),
         no_gain: no_gain_on_selection(report).is_some(),
-        best_heldout,
-        candidates: report
-            .get("candidates")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len),
+        best_heldout: best.map(|b| b.heldout.clone()),
+        candidates: report.candidates.len(),
         search_seconds,
         search_cached,
         heldout_seconds,
-        total_seconds: num(report, "seconds"),
+        total_seconds: Some(report.seconds),
     }
 }
 
@@ -120,15 +91,15 @@ fn figures_cell(f: Option<&Figures>) -> String {
     let Some(f) = f else {
         return MISSING.to_string();
     };
-    let mut s = fixed(f.accuracy, 4);
-    if f.kind == MetricsKind::Classification {
-        if let Some(b) = f.balanced_accuracy {
+    let mut s = fixed(Some(f.accuracy), 4);
+    if f.kind() == MetricsKind::Classification {
+        if let Some(b) = f.balanced_accuracy() {
             let _ = write!(s, " / {b:.3}");
         }
-        if f.predicted_histogram.is_some() {
-            let _ = write!(s, " {}", fmt_hist(f.predicted_histogram.as_ref()));
+        if let Some(h) = f.predicted_histogram() {
+            let _ = write!(s, " {}", fmt_hist(Some(h)));
         }
-        if f.collapsed == Some(true) {
+        if f.is_collapsed() {
             s.push_str(" COLLAPSED");
         }
     }
@@ -161,9 +132,8 @@ pub fn comparison(rows: &[RunSummary]) -> String {
             r.label.clone(),
             r.task.clone(),
             format!("{} ({})", method(&r.mode), r.selection_metric),
-            held.and_then(|f| f.samples)
-                .map_or_else(|| MISSING.to_string(), |n| n.to_string()),
-            match held.map(|f| (f.majority_class_rate, f.chance)) {
+            held.map_or_else(|| MISSING.to_string(), |f| f.samples.to_string()),
+            match held.map(|f| (f.majority_class_rate(), f.chance())) {
                 Some((Some(m), _)) => format!("{m:.4}"),
                 Some((None, Some(c))) => format!("chance {c:.4}"),
                 _ => MISSING.to_string(),
@@ -225,19 +195,23 @@ pub fn comparison(rows: &[RunSummary]) -> String {
 mod tests {
     use super::super::report::fixture;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn stage(stage: &str, instance: &str, outcome: &str, seconds: f64) -> Value {
         json!({"stage": stage, "instance": instance, "outcome": outcome, "seconds": seconds, "key": "k"})
     }
 
     fn md(runs: &[(&str, Value)]) -> String {
-        let rows: Vec<RunSummary> = runs.iter().map(|(l, r)| summarize(l, r)).collect();
+        let rows: Vec<RunSummary> = runs.iter().map(|(l, r)| summarize(l, &typed(r))).collect();
         comparison(&rows)
     }
 
+    fn typed(v: &Value) -> Report {
+        serde_json::from_value(v.clone()).expect("a report that follows the schema")
+    }
+
     fn run(mode: &str, stages: Vec<Value>) -> Value {
-        let mut r = fixture::report();
+        let mut r = fixture::report_json();
         r["mode"] = json!(mode);
         r["stages"] = json!(stages);
         r
@@ -257,7 +231,7 @@ mod tests {
                 stage("evaluate", "m K=1 keep=0.1, Heldout", "hit", 0.0),
             ],
         );
-        let s = summarize("out/x", &r);
+        let s = summarize("out/x", &typed(&r));
         assert_eq!(s.search_seconds, 47.0);
         assert_eq!(s.heldout_seconds, 40.0);
         assert_eq!(
@@ -269,7 +243,7 @@ mod tests {
         assert!(!s.no_gain, "the fixture's best beats its baseline");
         let mut r = r;
         r["best"]["selection"]["accuracy"] = json!(0.5);
-        assert!(summarize("out/x", &r).no_gain);
+        assert!(summarize("out/x", &typed(&r)).no_gain);
         assert!(md(&[("x", r)]).contains("(no gain over the baseline on selection)"));
     }
 
@@ -314,27 +288,31 @@ mod tests {
 
     #[test]
     fn collapsed_figures_say_so() {
-        let f = Figures {
-            kind: MetricsKind::Classification,
-            accuracy: Some(0.6175),
-            balanced_accuracy: Some(0.5064),
-            predicted_histogram: Some(vec![2, 398]),
-            collapsed: Some(true),
-            ..Figures::default()
-        };
-        assert_eq!(figures_cell(Some(&f)), "0.6175 / 0.506 [2, 398] COLLAPSED");
-        let g = Figures {
-            kind: MetricsKind::Generation,
-            accuracy: Some(0.19),
-            ..Figures::default()
-        };
+        let r = fixture::report();
+        let best = r.best.as_ref().unwrap();
+        assert_eq!(
+            figures_cell(Some(&best.heldout)),
+            "0.6000 / 0.500 [0, 1000] COLLAPSED"
+        );
+        let mut g: Figures = serde_json::from_value(json!({
+            "samples": 4, "accuracy": 0.19, "log_loss": 3.0,
+            "metrics": {"kind": "generation", "n": 4, "correct": 1, "accuracy": 0.19,
+                        "exact_match": 0.25, "token_f1": 0.5, "empty_rate": 0.0, "prompt_copy_rate": 0.25},
+            "selection": {"accuracy": 0.19, "balanced_accuracy": null, "log_loss": 3.0}
+        }))
+        .unwrap();
         assert_eq!(figures_cell(Some(&g)), "0.1900");
+        g.accuracy = f64::NAN;
+        assert_eq!(figures_cell(Some(&g)), MISSING);
         assert_eq!(figures_cell(None), MISSING);
     }
 
     #[test]
-    fn reports_without_stages_or_best_still_render() {
-        let table = md(&[("empty", json!({}))]);
-        assert!(table.contains("| empty | — |"), "{table}");
+    fn runs_stopped_before_the_evaluations_still_render() {
+        let mut r = run("gradient", vec![]);
+        r["best"] = Value::Null;
+        r["baseline"] = Value::Null;
+        let table = md(&[("early", r)]);
+        assert!(table.contains("| early | epistemic_reasoning |"), "{table}");
     }
 }

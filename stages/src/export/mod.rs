@@ -1,7 +1,7 @@
-//! Human-readable outputs of a run, made from its `report.json` (the engine's
-//! serialized `RunResult`, read here as a [`serde_json::Value`] so that this crate does
-//! not depend on the engine and older or partial reports still render).
+//! Human-readable outputs of a run, made from its typed report ([`schema::Report`],
+//! what the engine fills and writes as `report.json`).
 //!
+//! - [`schema`]: report.json's types, shared by the engine and every reader.
 //! - [`report`]: the Markdown report (baseline, best candidate, candidates with their
 //!   prediction histograms, collapse warnings, export sizes, stage timings).
 //! - [`compare`]: several runs side by side (held-out figures, search cost, the
@@ -12,3 +12,4 @@
 pub mod compare;
 pub mod plots;
 pub mod report;
+pub mod schema;

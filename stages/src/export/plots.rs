@@ -9,11 +9,8 @@
 //! Output is deterministic: the same report gives byte-identical SVG (no hash-map
 //! iteration, every coordinate printed with two decimals).
 
-use super::report::{baseline, Figures};
-use super::report::{
-    count, fmt_keep, kind_of, layer_of, majority_rate, num, short_matrix_name, text,
-};
-use serde_json::Value;
+use super::report::{fmt_keep, short_matrix_name};
+use super::schema::Report;
 use std::fmt::Write as _;
 
 /// Line colors (Tableau 10), in order.
@@ -458,10 +455,8 @@ fn close(out: &mut String) {
 }
 
 /// `task · model` for subtitles.
-fn run_label(report: &Value) -> String {
-    let task = text(report, "task").unwrap_or("unknown task");
-    let model = text(report, "model").unwrap_or("unknown model");
-    format!("{task} · {model}")
+fn run_label(report: &Report) -> String {
+    format!("{} · {}", report.task, report.model)
 }
 
 /// (color rank, kind): the canonical kinds first, others after by name.
@@ -475,29 +470,24 @@ fn kind_rank(kind: &str) -> usize {
 /// The matrix scores against their layer, one polyline (with markers) per matrix kind
 /// present, for the smallest K and the smallest keep in `scores` (named in the title).
 /// `None` when the report has no finite scores (LASER mode, or a run stopped early).
-pub fn scores_by_layer_svg(report: &Value) -> Option<String> {
-    struct Entry {
-        kind: String,
+pub fn scores_by_layer_svg(report: &Report) -> Option<String> {
+    struct Entry<'a> {
+        kind: &'a str,
         layer: f64,
-        blocks: u64,
+        blocks: usize,
         keep: f64,
         score: f64,
     }
     let entries: Vec<Entry> = report
-        .get("scores")?
-        .as_array()?
+        .scores
         .iter()
-        .filter_map(|s| {
-            let matrix = text(s, "matrix").unwrap_or("");
-            Some(Entry {
-                kind: text(s, "kind")
-                    .map(str::to_string)
-                    .or_else(|| kind_of(matrix))?,
-                layer: num(s, "layer").or_else(|| layer_of(matrix).map(|l| l as f64))?,
-                blocks: count(s, "blocks").unwrap_or(1),
-                keep: num(s, "keep")?,
-                score: num(s, "score").filter(|v| v.is_finite())?,
-            })
+        .filter(|s| s.score.is_finite())
+        .map(|s| Entry {
+            kind: &s.kind,
+            layer: s.layer as f64,
+            blocks: s.blocks,
+            keep: s.keep,
+            score: s.score,
         })
         .collect();
     let blocks = entries.iter().map(|e| e.blocks).min()?;
@@ -512,10 +502,8 @@ pub fn scores_by_layer_svg(report: &Value) -> Option<String> {
         .collect();
 
     // Kinds in color order: canonical first, then unknown ones by name.
-    let mut kinds: Vec<(usize, &str)> = chosen
-        .iter()
-        .map(|e| (kind_rank(&e.kind), e.kind.as_str()))
-        .collect();
+    let mut kinds: Vec<(usize, &str)> =
+        chosen.iter().map(|e| (kind_rank(e.kind), e.kind)).collect();
     kinds.sort_unstable();
     kinds.dedup();
 
@@ -602,17 +590,15 @@ fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 /// each; the baseline's selection accuracy as a dashed line and the majority-class
 /// rate as a dotted one ("always majority answer"). Keep is on a log scale when its
 /// values span more than 10×. `None` when there is no candidate with an accuracy.
-pub fn accuracy_vs_keep_svg(report: &Value) -> Option<String> {
-    struct Group {
-        matrix: String,
-        blocks: Option<u64>,
+pub fn accuracy_vs_keep_svg(report: &Report) -> Option<String> {
+    struct Group<'a> {
+        matrix: &'a str,
+        blocks: usize,
         points: Vec<(f64, f64)>,
     }
-    let list = report.get("candidates")?.as_array()?;
     let mut groups: Vec<Group> = Vec::new();
-    for c in list {
-        let matrix = text(c, "matrix").unwrap_or("?").to_string();
-        let blocks = count(c, "blocks");
+    for c in &report.candidates {
+        let (matrix, blocks) = (c.matrix.as_str(), c.blocks);
         let i = match groups
             .iter()
             .position(|g| g.matrix == matrix && g.blocks == blocks)
@@ -627,14 +613,9 @@ pub fn accuracy_vs_keep_svg(report: &Value) -> Option<String> {
                 groups.len() - 1
             }
         };
-        let acc = c
-            .get("selection")
-            .map(Figures::from_value)
-            .and_then(|f| f.accuracy);
-        if let (Some(keep), Some(acc)) = (num(c, "keep"), acc) {
-            if keep.is_finite() && acc.is_finite() {
-                groups[i].points.push((keep, acc * 100.0));
-            }
+        let (keep, acc) = (c.keep, c.selection.accuracy);
+        if keep.is_finite() && acc.is_finite() {
+            groups[i].points.push((keep, acc * 100.0));
         }
     }
     let n_groups = groups.len();
@@ -665,11 +646,14 @@ pub fn accuracy_vs_keep_svg(report: &Value) -> Option<String> {
         return None;
     }
 
-    let base_acc = baseline(report)
-        .and_then(|(sel, _)| sel?.accuracy)
+    let base_acc = report
+        .baseline
+        .as_ref()
+        .map(|b| b.selection.accuracy)
         .filter(|a| a.is_finite())
         .map(|a| a * 100.0);
-    let majority = majority_rate(report)
+    let majority = report
+        .majority_rate()
         .filter(|a| a.is_finite())
         .map(|a| a * 100.0);
     let shown = order
@@ -753,14 +737,11 @@ pub fn accuracy_vs_keep_svg(report: &Value) -> Option<String> {
             Stroke::Dotted,
         ));
     }
-    let best = report.get("best").filter(|b| b.is_object());
+    let best = report.best.as_ref();
     for (rank, &i) in order.iter().enumerate() {
         let g = &groups[i];
         let color = PALETTE[rank % PALETTE.len()];
-        let name = match g.blocks {
-            Some(k) => format!("{} K={k}", short_matrix_name(&g.matrix)),
-            None => short_matrix_name(&g.matrix).to_string(),
-        };
+        let name = format!("{} K={}", short_matrix_name(g.matrix), g.blocks);
         let mut points: Vec<(f64, f64, String)> = g
             .points
             .iter()
@@ -769,8 +750,8 @@ pub fn accuracy_vs_keep_svg(report: &Value) -> Option<String> {
         points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
         frame.series(&mut out, color, &points);
         if let Some(b) = best {
-            if text(b, "matrix") == Some(g.matrix.as_str()) && count(b, "blocks") == g.blocks {
-                if let Some(&(k, a, _)) = points.iter().find(|p| Some(p.0) == num(b, "keep")) {
+            if b.matrix == g.matrix && b.blocks == g.blocks {
+                if let Some(&(k, a, _)) = points.iter().find(|p| p.0 == b.keep) {
                     let _ = writeln!(
                         out,
                         "<circle cx=\"{}\" cy=\"{}\" r=\"7\" fill=\"none\" stroke=\"#000000\" stroke-width=\"1.5\"><title>best candidate</title></circle>",
@@ -791,7 +772,11 @@ pub fn accuracy_vs_keep_svg(report: &Value) -> Option<String> {
 mod tests {
     use super::super::report::fixture;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn typed(v: &Value) -> Report {
+        serde_json::from_value(v.clone()).expect("a report that follows the schema")
+    }
 
     /// A small well-formedness check: tags balance and nest, attributes are quoted,
     /// text and attribute values contain no raw `<` and only known entities.
@@ -932,13 +917,14 @@ mod tests {
 
     #[test]
     fn scores_by_layer_counts_kinds_present() {
-        let r = json!({"scores": [
+        let mut r = fixture::report_json();
+        r["scores"] = json!([
             {"matrix": "model.layers.1.mlp.up_proj.weight", "layer": 1, "kind": "up", "blocks": 2, "keep": 0.1, "score": 0.5},
             {"matrix": "model.layers.2.mlp.up_proj.weight", "layer": 2, "kind": "up", "blocks": 2, "keep": 0.1, "score": -0.5},
-            {"matrix": "model.layers.2.self_attn.q_proj.weight", "blocks": 2, "keep": 0.1, "score": 0.25},
-            {"matrix": "model.layers.2.self_attn.q_proj.weight", "blocks": 4, "keep": 0.05, "score": 9.0}
-        ]});
-        let svg = scores_by_layer_svg(&r).unwrap();
+            {"matrix": "model.layers.2.self_attn.q_proj.weight", "layer": 2, "kind": "q", "blocks": 2, "keep": 0.1, "score": 0.25},
+            {"matrix": "model.layers.2.self_attn.q_proj.weight", "layer": 2, "kind": "q", "blocks": 4, "keep": 0.05, "score": 9.0}
+        ]);
+        let svg = scores_by_layer_svg(&typed(&r)).unwrap();
         check_xml(&svg).unwrap();
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("(K = 2, keep = 0.1)"));
@@ -965,14 +951,26 @@ mod tests {
 
     #[test]
     fn accuracy_vs_keep_keeps_top_six_groups() {
+        let base = fixture::report_json();
         let candidates: Vec<Value> = (0..9)
             .map(|i| {
-                json!({"matrix": format!("model.layers.{i}.mlp.down_proj.weight"), "blocks": 1,
-                       "keep": 0.5, "selection": {"accuracy": 0.5 + i as f64 / 100.0}})
+                let mut c = base["candidates"][4].clone();
+                c["matrix"] = json!(format!("model.layers.{i}.mlp.down_proj.weight"));
+                c["selection"]["accuracy"] = json!(0.5 + i as f64 / 100.0);
+                c
             })
             .collect();
-        let r = json!({"candidates": candidates});
-        let svg = accuracy_vs_keep_svg(&r).unwrap();
+        let mut r = base;
+        r["candidates"] = json!(candidates);
+        r["baseline"] = Value::Null;
+        r["best"] = Value::Null;
+        // No classification metrics anywhere: no majority line.
+        for c in r["candidates"].as_array_mut().unwrap() {
+            c["selection"]["metrics"] = json!({"kind": "generation", "n": 100, "correct": 50,
+                "accuracy": 0.5, "exact_match": 0.5, "token_f1": 0.5, "empty_rate": 0.0,
+                "prompt_copy_rate": 0.0});
+        }
+        let svg = accuracy_vs_keep_svg(&typed(&r)).unwrap();
         check_xml(&svg).unwrap();
         assert_eq!(svg.matches("<polyline").count(), 6);
         assert!(svg.contains("layers.8.mlp.down_proj K=1"));
@@ -983,15 +981,16 @@ mod tests {
 
     #[test]
     fn none_for_empty_inputs() {
-        let mut r = fixture::report();
+        let mut r = fixture::report_json();
         r["scores"] = json!([]);
         r["candidates"] = json!([]);
-        assert_eq!(scores_by_layer_svg(&r), None);
-        assert_eq!(accuracy_vs_keep_svg(&r), None);
-        assert_eq!(scores_by_layer_svg(&json!({})), None);
-        assert_eq!(accuracy_vs_keep_svg(&json!({})), None);
-        let no_acc =
-            json!({"candidates": [{"matrix": "m", "blocks": 1, "keep": 0.1, "selection": {}}]});
-        assert_eq!(accuracy_vs_keep_svg(&no_acc), None);
+        assert_eq!(scores_by_layer_svg(&typed(&r)), None);
+        assert_eq!(accuracy_vs_keep_svg(&typed(&r)), None);
+        // Scores that are not finite draw nothing.
+        r["scores"] = json!([{"matrix": "m", "layer": 0, "kind": "up", "blocks": 1, "keep": 0.1,
+                              "score": 1.0}]);
+        let mut typed_r = typed(&r);
+        typed_r.scores[0].score = f64::NAN;
+        assert_eq!(scores_by_layer_svg(&typed_r), None);
     }
 }

@@ -1,202 +1,15 @@
-//! The Markdown report of a run, made from its `report.json` ([`markdown`]).
-//!
-//! The input is read loosely: missing optional fields print as `—`, the task metrics
-//! may be tagged internally (`{"kind": "classification", ...}`, what the evaluator
-//! writes), externally (`{"Classification": {...}}`) or not at all, and generation
-//! tasks (no classes, hence no balanced accuracy or histogram) render too.
+//! The Markdown report of a run, made from its typed report ([`markdown`], over
+//! [`super::schema::Report`]): missing optional parts (no baseline, no best, a
+//! generation task without classes) print as `—` or a sentence saying why.
 //!
 //! Every table cell goes through one escaper (`|` → `\|`, line breaks → spaces), so
 //! a matrix name or a path cannot break a table.
 
-use serde_json::Value;
+use super::schema::{Evaluated, Figures, MetricsKind, Outcome, Report, SearchMode};
 use std::fmt::Write as _;
-
-/// Share of predictions above which a candidate counts as collapsed when the report
-/// carries the share but not the flag (the evaluator's default threshold).
-const DEFAULT_COLLAPSE_THRESHOLD: f64 = 0.95;
 
 /// What is shown in place of a missing figure.
 pub(crate) const MISSING: &str = "—";
-
-/// Which family of metrics an evaluation carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MetricsKind {
-    Classification,
-    /// Per-row choices: accuracy against chance.
-    MultipleChoice,
-    Generation,
-    #[default]
-    Unknown,
-}
-
-/// One evaluation's figures (an engine `Figures` object), every field optional.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Figures {
-    pub kind: MetricsKind,
-    pub samples: Option<u64>,
-    pub accuracy: Option<f64>,
-    pub balanced_accuracy: Option<f64>,
-    pub macro_f1: Option<f64>,
-    pub majority_class_rate: Option<f64>,
-    /// Per-row multiple choice: the mean of 1/choices, shown where classification
-    /// shows the majority-class rate.
-    pub chance: Option<f64>,
-    pub log_loss: Option<f64>,
-    pub predicted_histogram: Option<Vec<u64>>,
-    pub gold_histogram: Option<Vec<u64>>,
-    pub max_predicted_share: Option<f64>,
-    pub collapsed: Option<bool>,
-    pub exact_match: Option<f64>,
-    pub token_f1: Option<f64>,
-    pub empty_rate: Option<f64>,
-    pub prompt_copy_rate: Option<f64>,
-}
-
-/// `v[key]` as a number, if `v` is an object holding one there.
-pub(crate) fn num(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
-}
-
-/// `v[key]` as a string.
-pub(crate) fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-/// `v[key]` as a non-negative integer (a float that is a whole number counts).
-pub(crate) fn count(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(as_count)
-}
-
-fn as_count(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| {
-        v.as_f64()
-            .filter(|x| x.is_finite() && *x >= 0.0 && x.fract() == 0.0)
-            .map(|x| x as u64)
-    })
-}
-
-fn histogram(v: &Value, key: &str) -> Option<Vec<u64>> {
-    v.get(key)?.as_array()?.iter().map(as_count).collect()
-}
-
-/// The metrics object's kind and the object holding its fields.
-fn metrics_body(m: &Value) -> (MetricsKind, &Value) {
-    let Some(obj) = m.as_object() else {
-        return (MetricsKind::Unknown, &Value::Null);
-    };
-    for (key, kind) in [
-        ("Classification", MetricsKind::Classification),
-        ("classification", MetricsKind::Classification),
-        ("Generation", MetricsKind::Generation),
-        ("generation", MetricsKind::Generation),
-        ("MultipleChoice", MetricsKind::MultipleChoice),
-        ("multiple_choice", MetricsKind::MultipleChoice),
-    ] {
-        if let Some(inner) = obj.get(key).filter(|v| v.is_object()) {
-            return (kind, inner);
-        }
-    }
-    let tag = obj
-        .get("kind")
-        .or_else(|| obj.get("type"))
-        .and_then(Value::as_str)
-        .map(str::to_ascii_lowercase);
-    let kind = match tag.as_deref() {
-        Some("classification") => MetricsKind::Classification,
-        Some("generation") => MetricsKind::Generation,
-        Some("multiple_choice") => MetricsKind::MultipleChoice,
-        _ if obj.contains_key("predicted_histogram") || obj.contains_key("balanced_accuracy") => {
-            MetricsKind::Classification
-        }
-        _ if obj.contains_key("exact_match") || obj.contains_key("token_f1") => {
-            MetricsKind::Generation
-        }
-        _ => MetricsKind::Unknown,
-    };
-    (kind, m)
-}
-
-impl Figures {
-    /// Reads an engine `Figures` object (`samples`, `accuracy`, `log_loss`, `metrics`,
-    /// `selection`); anything absent stays `None`.
-    pub(crate) fn from_value(fig: &Value) -> Figures {
-        let (mut kind, body) = metrics_body(fig.get("metrics").unwrap_or(&Value::Null));
-        let sel = fig.get("selection").unwrap_or(&Value::Null);
-        let balanced_accuracy =
-            num(body, "balanced_accuracy").or_else(|| num(sel, "balanced_accuracy"));
-        if kind == MetricsKind::Unknown && balanced_accuracy.is_some() {
-            kind = MetricsKind::Classification;
-        }
-        let max_predicted_share = num(body, "max_predicted_share");
-        let collapsed = body.get("collapsed").and_then(Value::as_bool).or_else(|| {
-            let threshold = num(body, "collapse_threshold").unwrap_or(DEFAULT_COLLAPSE_THRESHOLD);
-            max_predicted_share.map(|s| s > threshold)
-        });
-        Figures {
-            kind,
-            samples: count(fig, "samples").or_else(|| count(body, "n")),
-            accuracy: num(fig, "accuracy")
-                .or_else(|| num(body, "accuracy"))
-                .or_else(|| num(sel, "accuracy")),
-            balanced_accuracy,
-            macro_f1: num(body, "macro_f1"),
-            majority_class_rate: num(body, "majority_class_rate"),
-            chance: num(body, "chance"),
-            log_loss: num(fig, "log_loss").or_else(|| num(sel, "log_loss")),
-            predicted_histogram: histogram(body, "predicted_histogram"),
-            gold_histogram: histogram(body, "gold_histogram"),
-            max_predicted_share,
-            collapsed,
-            exact_match: num(body, "exact_match"),
-            token_f1: num(body, "token_f1"),
-            empty_rate: num(body, "empty_rate").or_else(|| num(body, "empty_share")),
-            prompt_copy_rate: num(body, "prompt_copy_rate")
-                .or_else(|| num(body, "prompt_copy_share")),
-        }
-    }
-
-    fn is_collapsed(&self) -> bool {
-        self.collapsed == Some(true)
-    }
-}
-
-/// The baseline's (selection, held-out) figures, if the report has a baseline.
-pub(crate) fn baseline(report: &Value) -> Option<(Option<Figures>, Option<Figures>)> {
-    let b = report.get("baseline").filter(|b| b.is_object())?;
-    let pick = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| b.get(*k).filter(|v| v.is_object()))
-            .map(Figures::from_value)
-    };
-    Some((
-        pick(&["selection", "validation"]),
-        pick(&["heldout", "held_out", "test"]),
-    ))
-}
-
-/// The majority-class rate on the selection samples: from the baseline, else from the
-/// first candidate that reports one (it depends on the gold labels only).
-pub(crate) fn majority_rate(report: &Value) -> Option<f64> {
-    baseline(report)
-        .and_then(|(sel, _)| sel?.majority_class_rate)
-        .or_else(|| {
-            report
-                .get("candidates")?
-                .as_array()?
-                .iter()
-                .find_map(|c| Figures::from_value(c.get("selection")?).majority_class_rate)
-        })
-}
-
-/// The run's stage records (`stages`: stage, instance, key, outcome, seconds), in the
-/// order the DAG ran them; none when the report has no such array.
-pub(crate) fn stage_records(report: &Value) -> &[Value] {
-    report
-        .get("stages")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-}
 
 /// `model.layers.27.mlp.down_proj.weight` → `layers.27.mlp.down_proj`.
 pub(crate) fn short_matrix_name(name: &str) -> &str {
@@ -278,18 +91,14 @@ fn fmt_score(v: Option<f64>) -> String {
     }
 }
 
-pub(crate) fn fmt_hist(h: Option<&Vec<u64>>) -> String {
+pub(crate) fn fmt_hist(h: Option<&[usize]>) -> String {
     match h {
         Some(h) => {
-            let parts: Vec<String> = h.iter().map(u64::to_string).collect();
+            let parts: Vec<String> = h.iter().map(usize::to_string).collect();
             format!("[{}]", parts.join(", "))
         }
         None => MISSING.to_string(),
     }
-}
-
-fn fmt_opt_u64(v: Option<u64>) -> String {
-    v.map_or_else(|| MISSING.to_string(), |x| x.to_string())
 }
 
 /// `+3.00 points` (a difference of two fractions, in percentage points).
@@ -406,7 +215,7 @@ const FIGURE_COLUMNS: [(&str, Align); 9] = [
 ];
 
 fn collapsed_cell(f: &Figures) -> String {
-    match f.collapsed {
+    match f.collapsed() {
         Some(true) => "**COLLAPSED**".to_string(),
         Some(false) => "no".to_string(),
         None => MISSING.to_string(),
@@ -416,29 +225,32 @@ fn collapsed_cell(f: &Figures) -> String {
 fn figure_row(label: &str, f: &Figures) -> Vec<String> {
     vec![
         label.to_string(),
-        fmt_opt_u64(f.samples),
-        pct(f.accuracy),
-        pct(f.balanced_accuracy),
-        pct(f.macro_f1),
-        match (f.majority_class_rate, f.chance) {
+        f.samples.to_string(),
+        pct(Some(f.accuracy)),
+        pct(f.balanced_accuracy()),
+        pct(f.macro_f1()),
+        match (f.majority_class_rate(), f.chance()) {
             (None, Some(c)) => format!("chance {}", pct(Some(c))),
             (m, _) => pct(m),
         },
-        fixed(f.log_loss, 4),
-        fmt_hist(f.predicted_histogram.as_ref()),
+        fixed(Some(f.log_loss), 4),
+        fmt_hist(f.predicted_histogram()),
         collapsed_cell(f),
     ]
 }
 
 /// A table of evaluations (one row each) plus, when any is a generation task, a
 /// second table of the generation figures.
-fn figures_tables(out: &mut String, rows: &[(String, &Figures)]) {
+fn figures_tables(out: &mut String, rows: &[(&str, &Figures)]) {
     let mut t = Table::new(&FIGURE_COLUMNS);
     for (label, f) in rows {
         t.row(figure_row(label, f));
     }
     t.render(out);
-    if rows.iter().any(|(_, f)| f.kind == MetricsKind::Generation) {
+    if rows
+        .iter()
+        .any(|(_, f)| f.kind() == MetricsKind::Generation)
+    {
         let mut g = Table::new(&[
             ("Set", Align::Left),
             ("Exact match", Align::Right),
@@ -448,109 +260,61 @@ fn figures_tables(out: &mut String, rows: &[(String, &Figures)]) {
         ]);
         for (label, f) in rows {
             g.row(vec![
-                label.clone(),
-                pct(f.exact_match),
-                pct(f.token_f1),
-                pct(f.empty_rate),
-                pct(f.prompt_copy_rate),
+                label.to_string(),
+                pct(f.exact_match()),
+                pct(f.token_f1()),
+                pct(f.empty_rate()),
+                pct(f.prompt_copy_rate()),
             ]);
         }
         g.render(out);
     }
 }
 
-/// Candidate fields as the report holds them.
-struct CandidateRow {
-    matrix: String,
-    blocks: Option<u64>,
-    keep: Option<f64>,
-    score: Option<f64>,
-    selection: Figures,
-    /// Selection rows it was evaluated on, and the racing round that stopped it.
-    rows: Option<u64>,
-    stopped_after_round: Option<u64>,
-}
-
-fn candidates(report: &Value) -> Vec<CandidateRow> {
-    let Some(list) = report.get("candidates").and_then(Value::as_array) else {
-        return Vec::new();
+fn section_header(out: &mut String, report: &Report) {
+    let _ = writeln!(out, "# c2i report: {} on {}\n", report.task, report.model);
+    let mode_note = match report.mode {
+        SearchMode::Gradient => " (Compress to Impress: one gradient pass scores every matrix; the top ones are evaluated)",
+        SearchMode::Laser => " (LASER's exhaustive search over the grid)",
     };
-    list.iter()
-        .map(|c| CandidateRow {
-            matrix: text(c, "matrix").unwrap_or("?").to_string(),
-            blocks: count(c, "blocks"),
-            keep: num(c, "keep"),
-            score: num(c, "score"),
-            rows: count(c, "rows_evaluated"),
-            stopped_after_round: count(c, "stopped_after_round"),
-            selection: c
-                .get("selection")
-                .map(Figures::from_value)
-                .unwrap_or_default(),
-        })
-        .collect()
-}
-
-fn section_header(out: &mut String, report: &Value) {
-    let task = text(report, "task").unwrap_or("unknown task");
-    let model = text(report, "model").unwrap_or("unknown model");
-    let _ = writeln!(out, "# c2i report: {task} on {model}\n");
-    let mode = text(report, "mode").unwrap_or(MISSING);
-    let mode_note = match mode {
-        "gradient" => " (Compress to Impress: one gradient pass scores every matrix; the top ones are evaluated)",
-        "laser" => " (LASER's exhaustive search over the grid)",
-        _ => "",
-    };
-    let _ = writeln!(out, "- Search mode: **{mode}**{mode_note}");
-    let metric = text(report, "selection_metric").unwrap_or(MISSING);
-    let _ = writeln!(out, "- Selection metric: **{metric}**");
-    if let Some(scores) = report.get("scores").and_then(Value::as_array) {
-        if !scores.is_empty() {
-            let mut blocks: Vec<u64> = scores.iter().filter_map(|s| count(s, "blocks")).collect();
-            blocks.sort_unstable();
-            blocks.dedup();
-            let mut keeps: Vec<f64> = scores.iter().filter_map(|s| num(s, "keep")).collect();
-            keeps.sort_by(f64::total_cmp);
-            keeps.dedup();
-            let mut matrices: Vec<&str> = scores.iter().filter_map(|s| text(s, "matrix")).collect();
-            matrices.sort_unstable();
-            matrices.dedup();
-            let blocks: Vec<String> = blocks.iter().map(u64::to_string).collect();
-            let keeps: Vec<String> = keeps.iter().map(|k| fmt_keep(*k)).collect();
-            let _ = writeln!(
-                out,
-                "- Scored: {} entries ({} matrices × K ∈ {{{}}} × keep ∈ {{{}}})",
-                scores.len(),
-                matrices.len(),
-                blocks.join(", "),
-                keeps.join(", ")
-            );
-        }
+    let _ = writeln!(out, "- Search mode: **{}**{mode_note}", report.mode.name());
+    let _ = writeln!(out, "- Selection metric: **{}**", report.selection_metric);
+    let scores = &report.scores;
+    if !scores.is_empty() {
+        let mut blocks: Vec<usize> = scores.iter().map(|s| s.blocks).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        let mut keeps: Vec<f64> = scores.iter().map(|s| s.keep).collect();
+        keeps.sort_by(f64::total_cmp);
+        keeps.dedup();
+        let mut matrices: Vec<&str> = scores.iter().map(|s| s.matrix.as_str()).collect();
+        matrices.sort_unstable();
+        matrices.dedup();
+        let blocks: Vec<String> = blocks.iter().map(usize::to_string).collect();
+        let keeps: Vec<String> = keeps.iter().map(|k| fmt_keep(*k)).collect();
+        let _ = writeln!(
+            out,
+            "- Scored: {} entries ({} matrices × K ∈ {{{}}} × keep ∈ {{{}}})",
+            scores.len(),
+            matrices.len(),
+            blocks.join(", "),
+            keeps.join(", ")
+        );
     }
-    let n = report
-        .get("candidates")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let _ = writeln!(out, "- Candidates evaluated: {n}");
-    if let Some(s) = num(report, "seconds") {
-        let _ = writeln!(out, "- Run time: {} s", fmt_seconds(s));
-    }
+    let _ = writeln!(out, "- Candidates evaluated: {}", report.candidates.len());
+    let _ = writeln!(out, "- Run time: {} s", fmt_seconds(report.seconds));
     out.push('\n');
 }
 
-fn section_baseline(out: &mut String, report: &Value) {
+fn section_baseline(out: &mut String, report: &Report) {
     out.push_str("## Baseline (unmodified model)\n\n");
-    match baseline(report) {
-        Some((sel, held)) if sel.is_some() || held.is_some() => {
-            let mut rows = Vec::new();
-            if let Some(f) = &sel {
-                rows.push(("selection".to_string(), f));
-            }
-            if let Some(f) = &held {
-                rows.push(("held-out".to_string(), f));
-            }
-            figures_tables(out, &rows);
-            if let Some(gold) = sel.as_ref().and_then(|f| f.gold_histogram.as_ref()) {
+    match &report.baseline {
+        Some(b) => {
+            figures_tables(
+                out,
+                &[("selection", &b.selection), ("held-out", &b.heldout)],
+            );
+            if let Some(gold) = b.selection.gold_histogram() {
                 let _ = writeln!(
                     out,
                     "Gold labels on the selection samples: {}.\n",
@@ -558,7 +322,7 @@ fn section_baseline(out: &mut String, report: &Value) {
                 );
             }
         }
-        _ => out.push_str("No baseline was evaluated (the run stopped before evaluation).\n\n"),
+        None => out.push_str("No baseline was evaluated (the run stopped before evaluation).\n\n"),
     }
 }
 
@@ -568,7 +332,7 @@ fn best_warnings(sel: &Figures, held: &Figures, base_held: Option<&Figures>) -> 
     for (set, f) in [("selection", sel), ("held-out", held)] {
         if f.is_collapsed() {
             let share = f
-                .max_predicted_share
+                .max_predicted_share()
                 .map(|s| format!(" (one answer takes {} of the predictions)", pct(Some(s))))
                 .unwrap_or_default();
             reasons.push(format!(
@@ -577,8 +341,8 @@ fn best_warnings(sel: &Figures, held: &Figures, base_held: Option<&Figures>) -> 
         }
     }
     if let (Some(b), Some(base)) = (
-        held.balanced_accuracy,
-        base_held.and_then(|f| f.balanced_accuracy),
+        held.balanced_accuracy(),
+        base_held.and_then(Figures::balanced_accuracy),
     ) {
         if b.partial_cmp(&base) != Some(std::cmp::Ordering::Greater) {
             reasons.push(format!(
@@ -603,23 +367,20 @@ fn gain_line(what: &str, best: Option<f64>, base: Option<f64>) -> Option<String>
     })
 }
 
-fn section_best(out: &mut String, report: &Value) {
+fn section_best(out: &mut String, report: &Report) {
     out.push_str("## Best candidate\n\n");
-    let Some(best) = report.get("best").filter(|b| b.is_object()) else {
+    let Some(best) = &report.best else {
         out.push_str(
             "No best candidate: the run stopped before selection, or no candidate was evaluated.\n\n",
         );
         return;
     };
-    let matrix = text(best, "matrix").unwrap_or("?");
+    let matrix = best.matrix.as_str();
     let mut about = Vec::new();
-    if let Some(l) = count(best, "layer").or_else(|| layer_of(matrix)) {
+    if let Some(l) = layer_of(matrix) {
         about.push(format!("layer {l}"));
     }
-    if let Some(k) = text(best, "kind")
-        .map(str::to_string)
-        .or_else(|| kind_of(matrix))
-    {
+    if let Some(k) = kind_of(matrix) {
         about.push(format!("kind {k}"));
     }
     let about = if about.is_empty() {
@@ -628,43 +389,38 @@ fn section_best(out: &mut String, report: &Value) {
         format!(" ({})", about.join(", "))
     };
     let _ = writeln!(out, "- Matrix: {}{about}", code(matrix));
-    let _ = writeln!(out, "- Blocks K: {}", fmt_opt_u64(count(best, "blocks")));
+    let _ = writeln!(out, "- Blocks K: {}", best.blocks);
     let _ = writeln!(
         out,
         "- Keep (share of singular values kept, rho): {}",
-        num(best, "keep").map_or_else(|| MISSING.to_string(), fmt_keep)
+        fmt_keep(best.keep)
     );
     out.push('\n');
 
-    let sel = best
-        .get("selection")
-        .map(Figures::from_value)
-        .unwrap_or_default();
-    let held = best
-        .get("heldout")
-        .or_else(|| best.get("held_out"))
-        .map(Figures::from_value)
-        .unwrap_or_default();
-    let (base_sel, base_held) = baseline(report).unwrap_or((None, None));
-    let mut rows: Vec<(String, &Figures)> = Vec::new();
-    if let Some(f) = &base_sel {
-        rows.push(("selection, baseline".to_string(), f));
+    let (sel, held) = (&best.selection, &best.heldout);
+    let base = report.baseline.as_ref();
+    let mut rows: Vec<(&str, &Figures)> = Vec::new();
+    if let Some(b) = base {
+        rows.push(("selection, baseline", &b.selection));
     }
-    rows.push(("selection, best".to_string(), &sel));
-    if let Some(f) = &base_held {
-        rows.push(("held-out, baseline".to_string(), f));
+    rows.push(("selection, best", sel));
+    if let Some(b) = base {
+        rows.push(("held-out, baseline", &b.heldout));
     }
-    rows.push(("held-out, best".to_string(), &held));
+    rows.push(("held-out, best", held));
     figures_tables(out, &rows);
 
-    let base_held_acc = base_held.as_ref().and_then(|f| f.accuracy);
-    match gain_line("accuracy", held.accuracy, base_held_acc) {
+    match gain_line(
+        "accuracy",
+        Some(held.accuracy),
+        base.map(|b| b.heldout.accuracy),
+    ) {
         Some(acc) => {
             let mut line = format!("**Held-out gain over the baseline:** {acc}");
             if let Some(ba) = gain_line(
                 "balanced accuracy",
-                held.balanced_accuracy,
-                base_held.as_ref().and_then(|f| f.balanced_accuracy),
+                held.balanced_accuracy(),
+                base.and_then(|b| b.heldout.balanced_accuracy()),
             ) {
                 let _ = write!(line, "; {ba}");
             }
@@ -675,12 +431,12 @@ fn section_best(out: &mut String, report: &Value) {
     }
     if let Some(acc) = gain_line(
         "accuracy",
-        sel.accuracy,
-        base_sel.as_ref().and_then(|f| f.accuracy),
+        Some(sel.accuracy),
+        base.map(|b| b.selection.accuracy),
     ) {
         let _ = writeln!(out, "Selection gain over the baseline: {acc}.\n");
     }
-    let reasons = best_warnings(&sel, &held, base_held.as_ref());
+    let reasons = best_warnings(sel, held, base.map(|b| &b.heldout));
     if !reasons.is_empty() {
         let _ = writeln!(
             out,
@@ -699,15 +455,14 @@ fn section_best(out: &mut String, report: &Value) {
 /// When the best candidate does not beat the unmodified model on the selection
 /// samples under the run's selection metric (balanced accuracy when that is the metric
 /// and both figures have it, else accuracy; a tie does not beat): a sentence saying so,
-/// with both values. `None` when it does beat it, or when either figure is missing.
-pub fn no_gain_on_selection(report: &Value) -> Option<String> {
-    let best = report.get("best").filter(|b| b.is_object())?;
-    let sel = Figures::from_value(best.get("selection")?);
-    let base = baseline(report)?.0?;
-    let balanced = text(report, "selection_metric") == Some("balanced_accuracy");
-    let (name, b, a) = match (balanced, sel.balanced_accuracy, base.balanced_accuracy) {
+/// with both values. `None` when it does beat it, or when there is no best or baseline.
+pub fn no_gain_on_selection(report: &Report) -> Option<String> {
+    let sel = &report.best.as_ref()?.selection;
+    let base = &report.baseline.as_ref()?.selection;
+    let balanced = report.selection_metric == "balanced_accuracy";
+    let (name, b, a) = match (balanced, sel.balanced_accuracy(), base.balanced_accuracy()) {
         (true, Some(b), Some(a)) => ("balanced accuracy", b, a),
-        _ => ("accuracy", sel.accuracy?, base.accuracy?),
+        _ => ("accuracy", sel.accuracy, base.accuracy),
     };
     (b <= a).then(|| {
         format!(
@@ -719,16 +474,9 @@ pub fn no_gain_on_selection(report: &Value) -> Option<String> {
     })
 }
 
-fn is_best(c: &CandidateRow, best: Option<&Value>) -> bool {
-    let Some(b) = best else { return false };
-    text(b, "matrix") == Some(c.matrix.as_str())
-        && count(b, "blocks") == c.blocks
-        && num(b, "keep") == c.keep
-}
-
-fn section_candidates(out: &mut String, report: &Value) {
+fn section_candidates(out: &mut String, report: &Report) {
     out.push_str("## Candidates\n\n");
-    let rows = candidates(report);
+    let rows: &[Evaluated] = &report.candidates;
     if rows.is_empty() {
         out.push_str("No candidates were evaluated.\n\n");
         return;
@@ -751,44 +499,43 @@ fn section_candidates(out: &mut String, report: &Value) {
         ("Predictions", Align::Left),
         ("Collapsed", Align::Left),
     ]);
-    let best = report.get("best").filter(|b| b.is_object());
     for (i, c) in rows.iter().enumerate() {
-        let index = match (is_best(c, best), c.stopped_after_round) {
+        let best = report.best.as_ref().is_some_and(|b| b.is(c));
+        let index = match (best, c.stopped_after_round) {
             (true, _) => format!("{} (best)", i + 1),
             (false, Some(r)) => format!(
                 "{} (partial: stopped after round {r}, {} rows)",
                 i + 1,
-                fmt_opt_u64(c.rows)
+                c.rows()
             ),
             (false, None) => (i + 1).to_string(),
         };
         t.row(vec![
             index,
             code(&c.matrix),
-            fmt_opt_u64(c.blocks),
-            c.keep.map_or_else(|| MISSING.to_string(), fmt_keep),
+            c.blocks.to_string(),
+            fmt_keep(c.keep),
             fmt_score(c.score),
-            pct(c.selection.accuracy),
-            pct(c.selection.balanced_accuracy),
-            fixed(c.selection.log_loss, 4),
-            fmt_hist(c.selection.predicted_histogram.as_ref()),
+            pct(Some(c.selection.accuracy)),
+            pct(c.selection.balanced_accuracy()),
+            fixed(Some(c.selection.log_loss), 4),
+            fmt_hist(c.selection.predicted_histogram()),
             collapsed_cell(&c.selection),
         ]);
     }
     t.render(out);
-    if let Some(race) = report.get("race").filter(|r| r.is_object()) {
+    if let Some(race) = &report.race {
         let _ = writeln!(
             out,
             "Racing `{}` ({}): {} of {} candidate-rows evaluated ({} saved); candidates \
-             left after each round: {}. A partial candidate's figures are those of the \
+             left after each round: {:?}. A partial candidate's figures are those of the \
              rows it saw.\n",
-            text(race, "racing").unwrap_or(MISSING),
-            text(race, "guarantee").unwrap_or(MISSING),
-            fmt_opt_u64(count(race, "candidate_rows")),
-            fmt_opt_u64(count(race, "candidate_rows_full")),
-            pct(num(race, "saved_share")),
-            race.get("alive_after_round")
-                .map_or_else(|| MISSING.to_string(), |v| v.to_string()),
+            race.racing,
+            race.guarantee,
+            race.candidate_rows,
+            race.candidate_rows_full,
+            pct(Some(race.saved_share)),
+            race.alive_after_round,
         );
     }
     let n_collapsed = rows.iter().filter(|c| c.selection.is_collapsed()).count();
@@ -801,19 +548,17 @@ fn section_candidates(out: &mut String, report: &Value) {
     }
 }
 
-fn section_selection_note(out: &mut String, report: &Value) {
+fn section_selection_note(out: &mut String, report: &Report) {
     out.push_str("## Selection metric\n\n");
-    let metric = text(report, "selection_metric").unwrap_or("accuracy");
+    let metric = report.selection_metric.as_str();
     let _ = writeln!(
         out,
         "The best candidate is the one with the highest **{metric}** on the selection \
          samples (ties go to the lower log-loss, then to the earlier candidate).\n"
     );
-    let base = baseline(report);
-    let held_rate = base
-        .as_ref()
-        .and_then(|(_, h)| h.as_ref()?.majority_class_rate);
-    match majority_rate(report) {
+    let base = report.baseline.as_ref();
+    let held_rate = base.and_then(|b| b.heldout.majority_class_rate());
+    match report.majority_rate() {
         Some(rate) => {
             let held = held_rate
                 .map(|r| format!(" ({} on the held-out samples)", pct(Some(r))))
@@ -835,7 +580,7 @@ fn section_selection_note(out: &mut String, report: &Value) {
                 );
             }
         }
-        None => match base.as_ref().and_then(|(s, _)| s.as_ref()?.chance) {
+        None => match base.and_then(|b| b.selection.chance()) {
             Some(c) => {
                 let _ = writeln!(
                     out,
@@ -856,8 +601,8 @@ fn section_selection_note(out: &mut String, report: &Value) {
     }
 }
 
-fn section_export(out: &mut String, report: &Value) {
-    let Some(export) = report.get("export").filter(|e| e.is_object()) else {
+fn section_export(out: &mut String, report: &Report) {
+    let Some(export) = &report.export else {
         return;
     };
     out.push_str("## Export\n\n");
@@ -867,29 +612,29 @@ fn section_export(out: &mut String, report: &Value) {
         ("Size", Align::Right),
         ("Parameters", Align::Left),
     ]);
-    if let Some(d) = export.get("dense").filter(|d| d.is_object()) {
+    if let Some(d) = &export.dense {
         t.row(vec![
             "dense model".to_string(),
-            code(text(d, "path").unwrap_or(MISSING)),
-            count(d, "bytes").map_or_else(|| MISSING.to_string(), fmt_bytes),
+            code(&d.path.display().to_string()),
+            fmt_bytes(d.bytes),
             MISSING.to_string(),
         ]);
     }
-    if let Some(f) = export.get("factored").filter(|f| f.is_object()) {
-        let params = match (count(f, "params"), count(f, "dense_params")) {
-            (Some(p), Some(d)) if d > 0 => format!(
+    if let Some(f) = &export.factored {
+        let params = if f.dense_params > 0 {
+            format!(
                 "{} of {} dense ({:.2}%)",
-                thousands(p),
-                thousands(d),
-                p as f64 / d as f64 * 100.0
-            ),
-            (Some(p), _) => thousands(p),
-            _ => MISSING.to_string(),
+                thousands(f.params as u64),
+                thousands(f.dense_params as u64),
+                f.params as f64 / f.dense_params as f64 * 100.0
+            )
+        } else {
+            thousands(f.params as u64)
         };
         t.row(vec![
             "factored matrix".to_string(),
-            code(text(f, "path").unwrap_or(MISSING)),
-            count(f, "bytes").map_or_else(|| MISSING.to_string(), fmt_bytes),
+            code(&f.path.display().to_string()),
+            fmt_bytes(f.bytes),
             params,
         ]);
     }
@@ -909,29 +654,30 @@ struct StageTotals {
     seconds: f64,
 }
 
-fn section_stages(out: &mut String, report: &Value) {
+fn section_stages(out: &mut String, report: &Report) {
     out.push_str("## Stage timings\n\n");
-    let records = stage_records(report);
     // In order of first appearance, which is the order the DAG ran them.
-    let mut totals: Vec<(String, StageTotals)> = Vec::new();
-    for r in records {
-        let name = text(r, "stage").unwrap_or("?");
-        let i = match totals.iter().position(|(n, _)| n == name) {
+    let mut totals: Vec<(&str, StageTotals)> = Vec::new();
+    for r in &report.stages {
+        let name = r.stage.as_str();
+        let i = match totals.iter().position(|(n, _)| *n == name) {
             Some(i) => i,
             None => {
-                totals.push((name.to_string(), StageTotals::default()));
+                totals.push((name, StageTotals::default()));
                 totals.len() - 1
             }
         };
         let t = &mut totals[i].1;
         t.count += 1;
-        match text(r, "outcome").map(str::to_ascii_lowercase).as_deref() {
-            Some("hit") => t.hit += 1,
-            Some("computed") => t.computed += 1,
-            Some("memo") => t.memo += 1,
+        match r.outcome {
+            Outcome::Hit => t.hit += 1,
+            Outcome::Computed => t.computed += 1,
+            Outcome::Memo => t.memo += 1,
             _ => {}
         }
-        t.seconds += num(r, "seconds").filter(|s| s.is_finite()).unwrap_or(0.0);
+        if r.seconds.is_finite() {
+            t.seconds += r.seconds;
+        }
     }
     if totals.is_empty() {
         out.push_str("No stage records.\n\n");
@@ -947,7 +693,7 @@ fn section_stages(out: &mut String, report: &Value) {
         let mut sum = StageTotals::default();
         for (name, s) in &totals {
             t.row(vec![
-                name.clone(),
+                name.to_string(),
                 s.count.to_string(),
                 s.hit.to_string(),
                 s.computed.to_string(),
@@ -970,16 +716,14 @@ fn section_stages(out: &mut String, report: &Value) {
         ]);
         t.render(out);
     }
-    if let Some(s) = num(report, "seconds") {
-        let _ = writeln!(out, "Total run time: {} s.\n", fmt_seconds(s));
-    }
+    let _ = writeln!(out, "Total run time: {} s.\n", fmt_seconds(report.seconds));
 }
 
-fn section_parameters(out: &mut String, report: &Value) {
-    let Some(resolved) = report.get("resolved").filter(|r| !r.is_null()) else {
+fn section_parameters(out: &mut String, report: &Report) {
+    if report.resolved.is_null() {
         return;
-    };
-    let Ok(json) = serde_json::to_string_pretty(resolved) else {
+    }
+    let Ok(json) = serde_json::to_string_pretty(&report.resolved) else {
         return;
     };
     let fence = if json.contains("```") { "~~~~" } else { "```" };
@@ -993,8 +737,8 @@ fn section_parameters(out: &mut String, report: &Value) {
 /// when it is collapsed or its held-out balanced accuracy does not beat the
 /// baseline's), every candidate with its prediction histogram, a note on the selection
 /// metric and the majority-class rate, export sizes, stage timings and the resolved
-/// parameters. `report` is the engine's serialized `RunResult`.
-pub fn markdown(report: &Value) -> String {
+/// parameters.
+pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     section_header(&mut out, report);
     section_baseline(&mut out, report);
@@ -1014,6 +758,7 @@ pub fn markdown(report: &Value) -> String {
 /// and of [`super::plots`].
 #[cfg(test)]
 pub(crate) mod fixture {
+    use super::Report;
     use serde_json::{json, Value};
 
     fn classification(
@@ -1054,7 +799,12 @@ pub(crate) mod fixture {
 
     /// A gradient-mode run: scores for 3 layers × 7 kinds × K ∈ {1, 2} × keep ∈
     /// {0.01, 0.1, 0.5}, five candidates (one collapsed, which is also the best).
-    pub(crate) fn report() -> Value {
+    pub(crate) fn report() -> Report {
+        serde_json::from_value(report_json()).expect("the fixture follows the schema")
+    }
+
+    /// [`report`] as report.json holds it.
+    pub(crate) fn report_json() -> Value {
         let kinds = ["q", "k", "v", "o", "gate", "up", "down"];
         let mut scores = Vec::new();
         for layer in [25u64, 26, 27] {
@@ -1120,7 +870,11 @@ pub(crate) mod fixture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn typed(v: &Value) -> Report {
+        serde_json::from_value(v.clone()).expect("a report that follows the schema")
+    }
 
     #[test]
     fn keep_values_print_without_float_noise() {
@@ -1135,29 +889,29 @@ mod tests {
     #[test]
     fn a_best_candidate_that_does_not_beat_the_baseline_is_called_out() {
         // The fixture's best beats the baseline on selection accuracy (62% vs 57%).
-        let mut r = fixture::report();
-        assert_eq!(no_gain_on_selection(&r), None);
-        assert!(!markdown(&r).contains("No gain"));
+        let mut r = fixture::report_json();
+        assert_eq!(no_gain_on_selection(&typed(&r)), None);
+        assert!(!markdown(&typed(&r)).contains("No gain"));
         // 57 correct of 100 ties the baseline: a tie does not beat it.
         r["best"]["selection"]["accuracy"] = json!(0.57);
-        let s = no_gain_on_selection(&r).unwrap();
+        let s = no_gain_on_selection(&typed(&r)).unwrap();
         assert!(
             s.contains("accuracy 57.00% against the baseline's 57.00%"),
             "{s}"
         );
-        assert!(markdown(&r).contains("> **No gain:** no candidate beats"));
+        assert!(markdown(&typed(&r)).contains("> **No gain:** no candidate beats"));
         // Under balanced accuracy the best's 0.5 loses to the baseline's 0.52 even
         // though its accuracy is higher.
-        let mut r = fixture::report();
+        let mut r = fixture::report_json();
         r["selection_metric"] = json!("balanced_accuracy");
-        let s = no_gain_on_selection(&r).unwrap();
+        let s = no_gain_on_selection(&typed(&r)).unwrap();
         assert!(
             s.contains("balanced accuracy 50.00% against the baseline's 52.00%"),
             "{s}"
         );
         // No baseline, no verdict.
         r.as_object_mut().unwrap().remove("baseline");
-        assert_eq!(no_gain_on_selection(&r), None);
+        assert_eq!(no_gain_on_selection(&typed(&r)), None);
     }
 
     #[test]
@@ -1229,45 +983,59 @@ mod tests {
 
     #[test]
     fn no_warning_for_a_sound_best_candidate() {
-        let mut r = fixture::report();
+        let mut r = fixture::report_json();
         let good = r["candidates"][1]["selection"].clone();
         r["best"]["keep"] = json!(0.1);
         r["best"]["selection"] = good.clone();
         let mut held = good;
         held["metrics"]["balanced_accuracy"] = json!(0.6);
         r["best"]["heldout"] = held;
-        let md = markdown(&r);
+        let md = markdown(&typed(&r));
         assert!(!md.contains("Warning"), "{md}");
         assert!(md.contains("2 (best)"));
         assert!(md.contains("+9.00 points of balanced accuracy (51.00% → 60.00%)"));
     }
 
     #[test]
-    fn accepts_external_tagging_and_missing_parts() {
-        let fig = json!({
-            "samples": 10, "accuracy": 0.7, "log_loss": 1.0,
-            "metrics": {"Classification": {"n": 10, "balanced_accuracy": 0.6,
-                        "predicted_histogram": [3, 7], "majority_class_rate": 0.8,
-                        "max_predicted_share": 0.7}}
-        });
-        let f = Figures::from_value(&fig);
-        assert_eq!(f.kind, MetricsKind::Classification);
-        assert_eq!(f.balanced_accuracy, Some(0.6));
-        assert_eq!(f.predicted_histogram, Some(vec![3, 7]));
-        assert_eq!(f.collapsed, Some(false));
-        let r = json!({
-            "task": "t", "model": "m", "mode": "laser", "selection_metric": "accuracy",
-            "scores": [], "baseline": null, "candidates": [{"matrix": "x", "blocks": 1, "keep": 0.5, "score": null, "selection": fig}],
-            "best": null, "stages": [], "seconds": 1.0
-        });
-        let md = markdown(&r);
+    fn missing_parts_render_and_a_missing_field_is_named() {
+        // A run that stopped before the evaluations, from a binary before racing: no
+        // baseline, no best, no `race`, no `rows_evaluated`.
+        let mut r = fixture::report_json();
+        r["baseline"] = Value::Null;
+        r["best"] = Value::Null;
+        r["mode"] = json!("laser");
+        r["candidates"] = json!([r["candidates"][3].clone()]);
+        let md = markdown(&typed(&r));
         assert!(md.contains("No baseline was evaluated"));
         assert!(md.contains("No best candidate"));
-        assert!(md.contains("[3, 7]"));
-        assert!(md.contains("scores **80.00%**"));
-        assert!(!md.contains("## Export"));
-        let empty = markdown(&json!({}));
-        assert!(empty.starts_with("# c2i report: unknown task on unknown model"));
+        assert!(md.contains("[30, 70]"));
+        assert!(md.contains("scores **62.00%**"), "{md}");
+        assert_eq!(typed(&r).candidates[0].rows(), 100);
+        r.as_object_mut().unwrap().remove("export");
+        assert!(!markdown(&typed(&r)).contains("## Export"));
+        // A field every version wrote, missing: the error names it.
+        r.as_object_mut().unwrap().remove("candidates");
+        let e = serde_json::from_value::<Report>(r).unwrap_err().to_string();
+        assert!(e.contains("missing field `candidates`"), "{e}");
+        // So does Report::read, with the file.
+        let dir = std::env::temp_dir().join(format!("c2i-schema-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("report.json"), br#"{"task": "t"}"#).unwrap();
+        let e = Report::read(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("report.json: not a c2i report") && e.contains("missing field"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The baseline's two evaluations replaced by `fig`, no candidates, no best.
+    fn only_baseline(fig: Value) -> Report {
+        let mut r = fixture::report_json();
+        r["baseline"] = json!({"selection": fig, "heldout": fig});
+        r["best"] = Value::Null;
+        r["candidates"] = json!([]);
+        typed(&r)
     }
 
     #[test]
@@ -1278,10 +1046,10 @@ mod tests {
                         "exact_match": 0.25, "token_f1": 0.5, "empty_rate": 0.0, "prompt_copy_rate": 0.25},
             "selection": {"accuracy": 0.25, "balanced_accuracy": null, "log_loss": 3.0}
         });
-        let f = Figures::from_value(&fig);
-        assert_eq!(f.kind, MetricsKind::Generation);
-        assert_eq!(f.balanced_accuracy, None);
-        let r = json!({"task": "qa", "model": "m", "baseline": {"selection": fig, "heldout": fig}});
+        let r = only_baseline(fig);
+        let f = &r.baseline.as_ref().unwrap().selection;
+        assert_eq!(f.kind(), MetricsKind::Generation);
+        assert_eq!(f.balanced_accuracy(), None);
         let md = markdown(&r);
         assert!(md.contains("| Set | Exact match | Token F1 | Empty answers | Copies prompt |"));
         assert!(md.contains("| held-out | 25.00% | 50.00% | 0.00% | 25.00% |"));
@@ -1296,10 +1064,10 @@ mod tests {
                         "chance": 0.2, "min_choices": 5, "max_choices": 5},
             "selection": {"accuracy": 0.25, "balanced_accuracy": null, "log_loss": 9.0}
         });
-        let f = Figures::from_value(&fig);
-        assert_eq!(f.kind, MetricsKind::MultipleChoice);
-        assert_eq!((f.chance, f.majority_class_rate), (Some(0.2), None));
-        let r = json!({"task": "ld", "model": "m", "baseline": {"selection": fig, "heldout": fig}});
+        let r = only_baseline(fig);
+        let f = &r.baseline.as_ref().unwrap().selection;
+        assert_eq!(f.kind(), MetricsKind::MultipleChoice);
+        assert_eq!((f.chance(), f.majority_class_rate()), (Some(0.2), None));
         let md = markdown(&r);
         assert!(
             md.contains("| held-out | 60 | 25.00% | — | — | chance 20.00% |"),
