@@ -16,6 +16,7 @@ use crate::stages::evaluate::{self, Candidate, Rows};
 use crate::stages::{factors, gradients, matrix_digests, sv_grads};
 use crate::EngineError;
 use c2i_cache::{ActionEntry, Lookup};
+use c2i_stages::export::report::fmt_keep;
 use c2i_stages::model::MatrixId;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -180,7 +181,7 @@ pub fn status(ctx: &Ctx, p: &Pipeline) -> Result<Vec<StatusLine>, EngineError> {
             "{} K={} keep={}, Selection",
             c.matrix.hf_name(),
             c.blocks,
-            c.keep()
+            fmt_keep(c.keep())
         );
         match facts.get(&(c.matrix, c.blocks)).and_then(|f| f.as_ref()) {
             Some(f) => {

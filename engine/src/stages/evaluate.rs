@@ -16,6 +16,7 @@ use c2i_stages::eval::evaluator::{
 };
 use c2i_stages::eval::metrics::SelectionScore;
 use c2i_stages::eval::prefix::Prefix;
+use c2i_stages::export::report::fmt_keep;
 use c2i_stages::factor::from_safetensors;
 use c2i_stages::model::{Decoder, MatrixId};
 use candle_core::{Device, Tensor};
@@ -31,7 +32,9 @@ pub const NAME: &str = "evaluate";
 /// choices are broken without regard to position; per-row choices report chance.
 /// 5: the entry records the set's shape (what aggregating its records needs), so a
 /// race's rounds add up to the figures of all their rows.
-pub const VERSION: &str = "5";
+/// 6: answer log-probabilities go through the LM head in blocks of at most 8 MiB of
+/// logits (their last bits can differ from one product over every position).
+pub const VERSION: &str = "6";
 
 pub const DEF: StageDef = StageDef {
     name: NAME,
@@ -100,7 +103,7 @@ pub fn action(
             "{} K={} keep={}, {rows}",
             c.matrix.hf_name(),
             c.blocks,
-            c.keep()
+            fmt_keep(c.keep())
         ),
     };
     let mut b = Action::builder(NAME, VERSION, instance)

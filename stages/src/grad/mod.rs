@@ -108,7 +108,9 @@ fn batch_loss(
 ) -> Result<Tensor, ModelError> {
     let (batch, targets) = batch_for(samples, idx, model.embed.device())?;
     let h = model.hidden(&batch)?;
-    let lp = model.answer_log_probs(&h, &targets)?;
+    // One LM-head product for the micro-batch (a few answers): the gradients stay
+    // those of the version that computed them.
+    let lp = model.answer_log_probs_in_blocks(&h, &targets, usize::MAX)?;
     Ok((lp.sum_all()?.neg()? / denom)?)
 }
 
