@@ -159,20 +159,39 @@ impl Variants<'_> {
     }
 }
 
+/// `x` on a grid of `step`: figures read back from a cache entry's metadata come
+/// through serde_json's float parser, which may land one ulp away from the value a
+/// cold run holds in memory; on the grid, a cold run and its warm rerun write the
+/// same bytes.
+fn grid(x: f64, step: f64) -> f64 {
+    if x.is_finite() {
+        (x / step).round() * step
+    } else {
+        x
+    }
+}
+
+/// Figures to 1e-9, seconds to the microsecond.
+const FIGURE_STEP: f64 = 1e-9;
+const SECONDS_STEP: f64 = 1e-6;
+
 /// An evaluation's figures for the study: the typed selection score, and the collapse
 /// flag from the metrics' prediction share (read through their serialized form, which
 /// has the same fields whatever type carries them).
 fn measured(f: &Figures, collapse_threshold: f64) -> Result<Measured, EngineError> {
     let m = serde_json::to_value(&f.metrics)?;
-    let share = m.get("max_predicted_share").and_then(|v| v.as_f64());
+    let share = m
+        .get("max_predicted_share")
+        .and_then(|v| v.as_f64())
+        .map(|x| grid(x, FIGURE_STEP));
     let predictions = m
         .get("predicted_histogram")
         .and_then(|v| serde_json::from_value::<Vec<usize>>(v.clone()).ok());
     Ok(Measured {
         samples: f.samples,
-        accuracy: f.selection.accuracy,
-        balanced_accuracy: f.selection.balanced_accuracy,
-        log_loss: f.selection.log_loss,
+        accuracy: grid(f.selection.accuracy, FIGURE_STEP),
+        balanced_accuracy: f.selection.balanced_accuracy.map(|x| grid(x, FIGURE_STEP)),
+        log_loss: grid(f.selection.log_loss, FIGURE_STEP),
         predictions,
         max_predicted_share: share,
         collapsed: share.is_some_and(|s| s > collapse_threshold),
@@ -264,7 +283,7 @@ fn recorded(ctx: &Ctx, rec: &StageRecord) -> Result<Recorded, EngineError> {
         .and_then(|v| v.as_u64())
         .unwrap_or(0) as usize;
     Ok(Recorded {
-        seconds,
+        seconds: grid(seconds, SECONDS_STEP),
         rows,
         params: entry.parts.params.clone(),
     })
@@ -498,8 +517,15 @@ pub fn run(
 
     // Cost, from the entries' recorded seconds.
     let heldout_rows = r0.rows.get("heldout").cloned().unwrap_or_default();
+    // In key order: a cold run records an instance when it is computed, a warm one in
+    // the order the runner asked, and float sums depend on the order.
+    let by_key = |stages: &[StageRecord]| {
+        let mut v = stages.to_vec();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    };
     let mut c2i_search: BTreeMap<String, Tally> = BTreeMap::new();
-    for rec in &r0.stages {
+    for rec in &by_key(&r0.stages) {
         let rc = recorded(ctx, rec)?;
         if rec.stage == "evaluate" && rows_param(&rc).as_ref() == Some(&heldout_rows) {
             continue;
@@ -511,7 +537,7 @@ pub fn run(
     }
     let (mut oracle_candidates, mut base_eval, mut factors_k1) =
         (Tally::default(), Tally::default(), Tally::default());
-    for rec in &ro.stages {
+    for rec in &by_key(&ro.stages) {
         let rc = recorded(ctx, rec)?;
         match rec.stage.as_str() {
             "evaluate" if rc.params.contains_key("candidate") => base_eval.add(rc.rows, rc.seconds),
@@ -671,6 +697,12 @@ mod tests {
 
     #[test]
     fn helpers() {
+        // One ulp apart, the same on the grid.
+        let x = 0.053257453208333326f64;
+        let y = f64::from_bits(x.to_bits() + 1);
+        assert_eq!(grid(x, SECONDS_STEP), grid(y, SECONDS_STEP));
+        assert_eq!(grid(0.6175, FIGURE_STEP), 0.6175);
+        assert!(grid(f64::NAN, FIGURE_STEP).is_nan());
         assert_eq!(kind_of("model.layers.11.mlp.down_proj.weight"), "down");
         assert_eq!(kind_of("model.layers.1.self_attn.q_proj.weight"), "q");
         assert_eq!(toml_floats(&[0.02, 0.1, 1.0]), "[0.02, 0.1, 1.0]");
