@@ -971,6 +971,14 @@ dir = "out/x"
     }
 
     #[test]
+    fn every_score_rule_is_a_search_score() {
+        for rule in ScoreRule::ALL {
+            let p = parse(MINIMAL, &[&format!("search.score={}", rule.name())]).unwrap();
+            assert_eq!(p.spec.search.score, rule);
+        }
+    }
+
+    #[test]
     fn layer_selections() {
         let p = parse(MINIMAL, &["search.layers=last_third"]).unwrap();
         assert_eq!(p.layers(30), (20..30).collect::<Vec<_>>());

@@ -246,6 +246,8 @@ pub struct Oracle {
     pub collapsed: usize,
     /// Entries whose log-loss is below the baseline's.
     pub lower_log_loss: usize,
+    /// The best entry that is not collapsed (index into `entries`).
+    pub best_not_collapsed: Option<usize>,
 }
 
 /// A point of a rule's scatter.
@@ -282,6 +284,8 @@ pub struct RuleReport {
     pub holds_best: bool,
     /// The oracle's best matrix's position in the rule's matrix order (1-based).
     pub best_matrix_position: Option<usize>,
+    /// The same for the matrix of the oracle's best entry that is not collapsed.
+    pub best_not_collapsed_position: Option<usize>,
     /// The rule's first 10 matrices.
     pub top_matrices: Vec<String>,
     pub points: Vec<Point>,
@@ -497,6 +501,7 @@ fn oracle(input: &StudyInput) -> Result<Oracle, StudyError> {
         }
     }
     Ok(Oracle {
+        best_not_collapsed: entries.iter().position(|e| !e.measured.collapsed),
         matrices: matrix_order.len(),
         matrix_order,
         beat_baseline: beat,
@@ -668,6 +673,10 @@ fn rule_report(header: &Header, oracle: &Oracle, r: &RuleScores) -> Result<RuleR
         top_k_unit: unit.to_string(),
         holds_best,
         best_matrix_position: best_matrix.as_ref().and_then(|b| position(b, &ranking)),
+        best_not_collapsed_position: oracle
+            .best_not_collapsed
+            .and_then(|i| oracle.entries.get(i))
+            .and_then(|e| position(&e.matrix, &ranking)),
         top_matrices: ranking.iter().take(10).cloned().collect(),
         points,
     })
@@ -1075,19 +1084,19 @@ pub fn markdown(s: &Study, scatter_files: &[(ScoreRule, String)]) -> String {
     let bal_col = h.classification;
     let _ = writeln!(
         o,
-        "| rule | Spearman, −Δ log-loss (entries / matrices) | Spearman, Δ accuracy (entries / matrices) |{} oracle top-10 in top-3 | oracle top-10 in top-10 | top-{} holds the best | oracle's best matrix ranked |",
+        "| rule | Spearman, −Δ log-loss (entries / matrices) | Spearman, Δ accuracy (entries / matrices) |{} oracle top-10 in top-3 | oracle top-10 in top-10 | top-{} holds the best | oracle's best matrix ranked | best not collapsed, ranked |",
         if bal_col { " Spearman, Δ balanced (entries) |" } else { "" },
         h.top_k
     );
     let _ = writeln!(
         o,
-        "|---|---|---|{}---|---|---|---|",
+        "|---|---|---|{}---|---|---|---|---|",
         if bal_col { "---|" } else { "" }
     );
     for r in &s.rules {
         let _ = writeln!(
             o,
-            "| `{}` | {} / {} | {} / {} |{} {} | {} | {} | {} |",
+            "| `{}` | {} / {} | {} / {} |{} {} | {} | {} | {} | {} |",
             r.rule,
             opt(r.spearman_entries_log_loss, 3),
             opt(r.spearman_matrices_log_loss, 3),
@@ -1102,17 +1111,14 @@ pub fn markdown(s: &Study, scatter_files: &[(ScoreRule, String)]) -> String {
             r.recall_top10_in_top10
                 .map_or("—".to_string(), |x| fx(x, 2)),
             if r.holds_best { "yes" } else { "no" },
-            r.best_matrix_position.map_or("—".to_string(), |p| format!(
-                "{} of {}",
-                ordinal(p),
-                s.oracle.matrices
-            )),
+            rank_of(r.best_matrix_position, s.oracle.matrices),
+            rank_of(r.best_not_collapsed_position, s.oracle.matrices),
         );
     }
     let rnd = &s.random;
     let _ = writeln!(
         o,
-        "| random ranking (expected) | {} / {} | {} / {} |{} {} | {} | {} | {} of {} |\n",
+        "| random ranking (expected) | {} / {} | {} / {} |{} {} | {} | {} | {} of {} | {} of {} |\n",
         fx(rnd.spearman, 3),
         fx(rnd.spearman, 3),
         fx(rnd.spearman, 3),
@@ -1127,6 +1133,9 @@ pub fn markdown(s: &Study, scatter_files: &[(ScoreRule, String)]) -> String {
         rnd.recall_top10_in_top10
             .map_or("—".to_string(), |x| fx(x, 3)),
         rnd.holds_best.map_or("—".to_string(), |x| fx(x, 3)),
+        rnd.best_matrix_position
+            .map_or("—".to_string(), |x| fx(x, 1)),
+        s.oracle.matrices,
         rnd.best_matrix_position
             .map_or("—".to_string(), |x| fx(x, 1)),
         s.oracle.matrices
@@ -1153,6 +1162,23 @@ pub fn markdown(s: &Study, scatter_files: &[(ScoreRule, String)]) -> String {
             } else {
                 ""
             }
+        );
+    }
+    if let Some(b) = s
+        .oracle
+        .best_not_collapsed
+        .and_then(|i| s.oracle.entries.get(i))
+        .filter(|_| best.is_some_and(|x| x.measured.collapsed))
+    {
+        let _ = writeln!(
+            o,
+            "The best that is not collapsed: {} at keep {} (accuracy {}, Δ balanced \
+             accuracy {}, Δ log-loss {}).\n",
+            cell(&short(&b.matrix)),
+            keep(b.keep),
+            fx(b.measured.accuracy, 3),
+            opt(b.delta_balanced_accuracy, 3),
+            signed(b.delta_log_loss, 4)
         );
     }
     let _ = writeln!(o, "Each rule's first three matrices:\n");
@@ -1384,6 +1410,10 @@ pub fn markdown(s: &Study, scatter_files: &[(ScoreRule, String)]) -> String {
         o.push('\n');
     }
     o
+}
+
+fn rank_of(p: Option<usize>, n: usize) -> String {
+    p.map_or("—".to_string(), |p| format!("{} of {n}", ordinal(p)))
 }
 
 fn size_text(s: &Size) -> String {
@@ -1853,6 +1883,8 @@ mod tests {
         assert_eq!(s.oracle.beat_baseline_collapsed, 1);
         assert_eq!(s.oracle.collapsed, 1);
         assert_eq!(s.oracle.lower_log_loss, 5);
+        // The best is collapsed; the best that is not: layer 3 keep 0.1.
+        assert_eq!(s.oracle.best_not_collapsed, Some(1));
         let e = &s.oracle.entries[0];
         assert!((e.delta_accuracy - 0.26).abs() < 1e-12);
         assert!((e.delta_log_loss - (1.69 - 1.9)).abs() < 1e-12);
@@ -1879,6 +1911,8 @@ mod tests {
         assert!((sl.spearman_entries_accuracy.unwrap() + 1.0).abs() < 1e-12);
         assert!(!sl.holds_best);
         assert_eq!(sl.best_matrix_position, Some(4));
+        assert_eq!(sl.best_not_collapsed_position, Some(4));
+        assert_eq!(nsg.best_not_collapsed_position, Some(1));
         assert!((sl.recall_top10_in_top3.unwrap() - 0.75).abs() < 1e-12);
 
         // Random: 4 matrices, top-2 of matrices.
@@ -1951,6 +1985,10 @@ mod tests {
         assert!(md.contains("**projected**"), "{md}");
         assert!(md.contains("1030 s (17.2 min)"), "{md}");
         assert!(md.contains("4th of 4"), "{md}");
+        assert!(
+            md.contains("The best that is not collapsed: layers.3.mlp.down_proj at keep 0.1"),
+            "{md}"
+        );
         assert!(md.contains("(no gain on the selection rows)"), "{md}");
         let svg = scatter_svg(&a, ScoreRule::FirstOrder).unwrap();
         assert_eq!(svg, scatter_svg(&b, ScoreRule::FirstOrder).unwrap());
