@@ -36,6 +36,9 @@ enum Command {
     Sweep(commands::pipeline::SweepArgs),
     /// Show each stage instance as cached or to-run, and why.
     Status(commands::pipeline::StatusArgs),
+    /// Measure whether the score rules predict real gains: every MLP matrix evaluated
+    /// (the oracle) against each rule's ranking, and the sample sizes.
+    Study(commands::study::Args),
     /// Inspect, verify or clean the cache.
     Cache(commands::cache::Args),
     /// Several runs' reports side by side: held-out figures, search cost, speedup.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Run(a) => commands::pipeline::run(a, &out),
         Command::Sweep(a) => commands::pipeline::sweep(a, &out),
         Command::Status(a) => commands::pipeline::status(a, &out),
+        Command::Study(a) => commands::study::run(a, &out),
         Command::Cache(a) => commands::cache::run(a, &out),
         Command::Compare(a) => commands::compare::run(a, &out),
         #[cfg(feature = "cuda")]

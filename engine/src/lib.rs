@@ -15,6 +15,7 @@
 //! - [`lock`]: `PIPELINE.lock` and `--frozen`.
 //! - [`export`]: the adapted model, dense (HF layout) and factored.
 //! - [`status`]: what is cached, what would run, and why.
+//! - [`study`]: `c2i study`: the score rules against every candidate evaluated.
 
 pub mod action;
 pub mod ctx;
@@ -26,6 +27,7 @@ pub mod runner;
 pub mod spec;
 pub mod stages;
 pub mod status;
+pub mod study;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -147,7 +147,8 @@ pub struct SearchSpec {
     /// LASER's convention instead of `keep`: rho = 1 - 0.1 * rate, rate in [0, 10).
     #[serde(default)]
     pub rate: Option<Vec<f64>>,
-    /// `negative-sv-grad` (the paper's rule) or `first-order`.
+    /// `negative-sv-grad` (the paper's rule), `first-order` or `first-order-slope`
+    /// (`c2i study` measures how well each predicts real gains).
     #[serde(default)]
     pub score: ScoreRule,
     /// `accuracy` (LASER's rule) or `balanced_accuracy`; ties go to lower log-loss.
@@ -960,6 +961,14 @@ dir = "out/x"
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown task `epistemic`"), "{e}");
+    }
+
+    #[test]
+    fn every_score_rule_is_a_search_score() {
+        for rule in ScoreRule::ALL {
+            let p = parse(MINIMAL, &[&format!("search.score={}", rule.name())]).unwrap();
+            assert_eq!(p.spec.search.score, rule);
+        }
     }
 
     #[test]

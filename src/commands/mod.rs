@@ -7,6 +7,7 @@ pub mod fetch;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod pipeline;
+pub mod study;
 pub mod task;
 pub mod worker;
 

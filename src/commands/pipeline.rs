@@ -257,7 +257,7 @@ pub fn trusted_keys(p: Option<&Pipeline>) -> Result<Option<(Vec<String>, Trusted
 }
 
 /// The context of a run (cache, remote, trust) and the settings its workers get.
-fn context(
+pub(crate) fn context(
     p: &Pipeline,
     cache_flag: Option<&Path>,
     remote_flag: Option<&str>,
@@ -298,7 +298,7 @@ fn context(
 }
 
 /// The executor a run asked for (--executor, else [run] executor).
-fn executor(
+pub(crate) fn executor(
     p: &Pipeline,
     kind: Option<ExecutorKind>,
     jobs: Option<usize>,

@@ -6,6 +6,7 @@ mod executors;
 mod export_model;
 mod faults;
 mod remote_cache;
+mod study;
 mod support;
 mod tasks;
 mod trust;

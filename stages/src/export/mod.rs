@@ -8,8 +8,11 @@
 //!   speedup of c2i over LASER per task), for `c2i compare`.
 //! - [`plots`]: hand-written SVG charts (scores by layer, selection accuracy against
 //!   the kept share of singular values), byte-identical for the same input.
+//! - [`study`]: `c2i study`'s figures (do the score rules predict the measured gains?),
+//!   its Markdown tables and one SVG scatter per rule.
 
 pub mod compare;
 pub mod plots;
 pub mod report;
 pub mod schema;
+pub mod study;

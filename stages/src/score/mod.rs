@@ -21,15 +21,29 @@
 //!   σ_i → 0 for the dropped components. Negative ΔL = removing them is predicted to
 //!   lower the loss, so more negative is better: the ranking value is −ΔL.
 //!
-//! The two rules can disagree: for a component with g_i < 0 and σ_i > 0 the first
-//! rule adds |g_i| while the second predicts a loss *increase* of |g_i| σ_i. Both are
-//! offered so they can be compared on real tasks.
+//! - `first-order-slope`: the first-order change per unit of change of the block,
+//!   −Σ g_i σ_i / √(Σ σ_i²) over the dropped components, summed over blocks; more
+//!   negative is better (ranking value = −value). For K = 1 it is the directional
+//!   derivative of the loss along the removal, ⟨G, −ΔW⟩ / ‖ΔW‖_F (⟨G, u_i v_iᵀ⟩ = g_i
+//!   and ‖Σ σ_i u_i v_iᵀ‖_F = √(Σ σ_i²)). Why: `first-order` is the slope times the
+//!   step length ‖ΔW‖_F, and the step it extrapolates over differs between matrices
+//!   by orders of magnitude (a keep of 0.02 removes most of a matrix's norm, a keep of
+//!   0.4 little of it). The neglected second-order term grows with ‖ΔW‖², so the
+//!   first-order estimate is least trustworthy exactly for the large removals that
+//!   dominate its ranking; the slope keeps what the gradient knows (does the removal
+//!   point downhill, and how steeply) and drops the extrapolation.
+//!
+//! The rules can disagree: for a component with g_i < 0 and σ_i > 0 the first rule
+//! adds |g_i| while the second predicts a loss *increase* of |g_i| σ_i. All are offered
+//! so they can be compared on real tasks (`c2i study`, with [`agreement`]).
 //!
 //! # Top-k
 //!
 //! [`top_k`] ranks (matrix, K, rho) entries by ranking value, descending, with ties
 //! broken by MatrixId, then K, then rho, ascending, so the order is deterministic;
 //! [`top_k_matrices`] keeps each matrix's best entry first. A NaN score is an error.
+
+pub mod agreement;
 
 use crate::factor::{BlockView, FactorError, FactorsView, RowMajor};
 use crate::model::MatrixId;
@@ -81,7 +95,10 @@ pub enum ScoreError {
     #[error("singular-value gradients do not match the factors: {0}")]
     Mismatch(String),
     /// An unknown rule name.
-    #[error("unknown score rule `{0}`: expected `negative-sv-grad` or `first-order`")]
+    #[error(
+        "unknown score rule `{0}`: expected `negative-sv-grad`, `first-order` or \
+         `first-order-slope`"
+    )]
     UnknownRule(String),
     /// A NaN score or rho in a ranking.
     #[error("entry {matrix} K={blocks} rho={rho} has a NaN score or rho ({value})")]
@@ -307,16 +324,27 @@ pub enum ScoreRule {
     NegativeSvGrad,
     /// `first-order`: ΔL ≈ −Σ_{dropped} g_i σ_i; more negative is better.
     FirstOrder,
+    /// `first-order-slope`: −Σ_{dropped} g_i σ_i / √(Σ_{dropped} σ_i²) per block,
+    /// summed over blocks: the first-order change of the loss per unit Frobenius norm
+    /// of the removal (the directional derivative along it, for K = 1); more negative
+    /// is better. The first-order estimate without the step length it extrapolates
+    /// over (see the module docs for why).
+    FirstOrderSlope,
 }
 
 impl ScoreRule {
-    pub const ALL: [ScoreRule; 2] = [ScoreRule::NegativeSvGrad, ScoreRule::FirstOrder];
+    pub const ALL: [ScoreRule; 3] = [
+        ScoreRule::NegativeSvGrad,
+        ScoreRule::FirstOrder,
+        ScoreRule::FirstOrderSlope,
+    ];
 
-    /// The pipeline name: `negative-sv-grad` or `first-order`.
+    /// The pipeline name: `negative-sv-grad`, `first-order` or `first-order-slope`.
     pub fn name(self) -> &'static str {
         match self {
             ScoreRule::NegativeSvGrad => "negative-sv-grad",
             ScoreRule::FirstOrder => "first-order",
+            ScoreRule::FirstOrderSlope => "first-order-slope",
         }
     }
 
@@ -326,15 +354,29 @@ impl ScoreRule {
         match self {
             ScoreRule::NegativeSvGrad => g.iter().map(|&x| (-x).max(0.0)).sum(),
             ScoreRule::FirstOrder => -g.iter().zip(s).map(|(x, y)| x * f64::from(*y)).sum::<f64>(),
+            ScoreRule::FirstOrderSlope => {
+                let norm = s
+                    .iter()
+                    .take(g.len())
+                    .map(|y| f64::from(*y) * f64::from(*y))
+                    .sum::<f64>()
+                    .sqrt();
+                if norm > 0.0 {
+                    ScoreRule::FirstOrder.block_value(g, s) / norm
+                } else {
+                    // Nothing of the block is removed: no change, no slope.
+                    0.0
+                }
+            }
         }
     }
 
     /// Maps a score to "higher is better": the score itself for `negative-sv-grad`,
-    /// −ΔL for `first-order`.
+    /// −ΔL for `first-order` and −slope for `first-order-slope`.
     pub fn ranking_value(self, value: f64) -> f64 {
         match self {
             ScoreRule::NegativeSvGrad => value,
-            ScoreRule::FirstOrder => -value,
+            ScoreRule::FirstOrder | ScoreRule::FirstOrderSlope => -value,
         }
     }
 }
@@ -678,6 +720,17 @@ mod tests {
         assert_eq!(ScoreRule::FirstOrder.ranking_value(4.25), -4.25);
         assert_eq!(ScoreRule::NegativeSvGrad.ranking_value(2.25), 2.25);
         assert_eq!(ScoreRule::NegativeSvGrad.block_value(&[], &[]), 0.0);
+        // Slope: 4.25 / √(16 + 9 + 4 + 1) = 4.25 / √30.
+        let slope = ScoreRule::FirstOrderSlope.block_value(&g, &s);
+        assert!((slope - 4.25 / 30f64.sqrt()).abs() < 1e-12, "{slope}");
+        assert_eq!(ScoreRule::FirstOrderSlope.ranking_value(slope), -slope);
+        // Scaling the removed singular values scales ΔL, not the slope.
+        let s10: Vec<f32> = s.iter().map(|x| x * 10.0).collect();
+        assert!((ScoreRule::FirstOrder.block_value(&g, &s10) - 42.5).abs() < 1e-9);
+        let slope10 = ScoreRule::FirstOrderSlope.block_value(&g, &s10);
+        assert!((slope10 - slope).abs() < 1e-9, "{slope10}");
+        assert_eq!(ScoreRule::FirstOrderSlope.block_value(&[], &[]), 0.0);
+        assert_eq!(ScoreRule::FirstOrderSlope.block_value(&[1.0], &[0.0]), 0.0);
     }
 
     #[test]
@@ -695,6 +748,9 @@ mod tests {
         let fo = score_matrix(&v, gm, 0.34, ScoreRule::FirstOrder).unwrap();
         // ΔL = −(−0.5·2 + 0.25·1) = 0.75
         assert!((fo - 0.75).abs() < 1e-6, "{fo}");
+        // Slope: ΔL = 0.75 over ‖(2, 1)‖ = √5.
+        let sl = score_matrix(&v, gm, 0.34, ScoreRule::FirstOrderSlope).unwrap();
+        assert!((sl - 0.75 / 5f64.sqrt()).abs() < 1e-6, "{sl}");
         // rho = 1 drops nothing.
         assert_eq!(
             score_matrix(&v, gm, 1.0, ScoreRule::FirstOrder).unwrap(),
