@@ -12,11 +12,15 @@
 //! 2. `scores-RULE`, one per [`ScoreRule`]: the gradient mode with `search.score =
 //!    RULE`, K = 1, the oracle's keeps and layers, every MLP matrix, stopped after the
 //!    scores (the sv-grads are shared by all rules).
-//! 3. `calibration-N-RULE`: the same with `data.calibration.samples = N` (each new N
-//!    is one gradient pass and its sv-grads).
-//! 4. `oracle`: `search.mode = "laser"` over every MLP matrix of the layers, K = 1, the
+//! 3. `oracle`: `search.mode = "laser"` over every MLP matrix of the layers, K = 1, the
 //!    oracle's keeps, racing off, stopped after the selection evaluations.
+//! 4. `calibration-N-RULE`: the scores with `data.calibration.samples = N` (each new N
+//!    is one gradient pass and its sv-grads).
 //! 5. `evaluation-N`: the pipeline as configured with `data.evaluation.samples = N`.
+//!
+//! The study's files are written after the oracle and again after every sample-size
+//! variant; until the last, study.md says PARTIAL (a study stopped part-way still
+//! leaves its tables, and a rerun finishes it from the cache).
 //!
 //! Each variant writes `run.json` and `report.json` to `OUT/runs/NAME/` (no model is
 //! exported); the study writes `OUT/study.json`, `OUT/study.md` and
@@ -397,47 +401,8 @@ pub fn run(
         rules.push(rule_scores(rule, &r));
     }
 
-    // 3. Calibration sizes.
-    let mut notes = Vec::new();
-    let cal_cap = split.saturating_sub(own_evaluation);
-    let cal_why = format!(
-        "capped: the selection split has {split} rows and {own_evaluation} of them are the \
-         evaluation sample"
-    );
-    let cal_sizes = capped(&opts.calibration, cal_cap, &cal_why);
-    let mut gradients = Tally::default();
-    let mut calibration = Vec::new();
-    for size in cal_sizes {
-        if let Some(c) = &size.capped {
-            notes.push(format!(
-                "Calibration rows: {} asked, {} used ({c}).",
-                size.requested, size.used
-            ));
-        }
-        let mut per_rule = Vec::new();
-        for rule in ScoreRule::ALL {
-            let mut extra = scored(rule);
-            extra.push(format!("data.calibration.samples={}", size.used));
-            let (_, r) = v.run(
-                &format!("calibration-{}-{}", size.used, rule.name()),
-                &extra,
-                Some(Until::Scores),
-            )?;
-            if rule == ScoreRule::ALL[0] {
-                for rec in r.stages.iter().filter(|s| s.stage == "gradients") {
-                    let g = recorded(ctx, rec)?;
-                    gradients.add(g.rows, g.seconds);
-                }
-            }
-            per_rule.push(rule_scores(rule, &r));
-        }
-        calibration.push(CalibrationInput {
-            size,
-            rules: per_rule,
-        });
-    }
-
-    // 4. The oracle.
+    // 3. The oracle (before the sample sizes: it is what the study is about, and the
+    // study's files are written from here on, after every step).
     let mut oracle_set = vec![
         "search.mode=\"laser\"".to_string(),
         "search.matrices=\"mlp\"".to_string(),
@@ -476,50 +441,6 @@ pub fn run(
         });
     }
 
-    // 5. Evaluation sizes.
-    let ev_cap = split.saturating_sub(own_calibration);
-    let ev_why = format!(
-        "capped: the selection split has {split} rows and {own_calibration} of them are the \
-         calibration sample"
-    );
-    let mut ev_sizes = capped(&opts.evaluation, ev_cap, &ev_why);
-    if !ev_sizes.iter().any(|s| s.used == own_evaluation) {
-        ev_sizes.push(Size {
-            requested: own_evaluation,
-            used: own_evaluation,
-            capped: None,
-        });
-        notes.push(format!(
-            "Evaluation rows: the pipeline's own {own_evaluation} added to the sizes asked \
-             for (the reference winner)."
-        ));
-    }
-    let mut evaluation = Vec::new();
-    for size in ev_sizes {
-        if let Some(c) = &size.capped {
-            notes.push(format!(
-                "Evaluation rows: {} asked, {} used ({c}).",
-                size.requested, size.used
-            ));
-        }
-        let r = if size.used == own_evaluation {
-            r0.clone()
-        } else {
-            v.run(
-                &format!("evaluation-{}", size.used),
-                &[format!("data.evaluation.samples={}", size.used)],
-                None,
-            )?
-            .1
-        };
-        evaluation.push(EvaluationInput {
-            size,
-            baseline_selection: baseline(&r, "selection", threshold)?,
-            baseline_heldout: baseline(&r, "heldout", threshold)?,
-            winner: winner(&r, threshold)?,
-        });
-    }
-
     // Cost, from the entries' recorded seconds.
     let heldout_rows = r0.rows.get("heldout").cloned().unwrap_or_default();
     // In key order: a cold run records an instance when it is computed, a warm one in
@@ -551,8 +472,15 @@ pub fn run(
             _ => {}
         }
     }
+    // The gradient pass of the pipeline's own calibration rows.
+    let mut gradients = Tally::default();
+    for rec in r0.stages.iter().filter(|s| s.stage == "gradients") {
+        let g = recorded(ctx, rec)?;
+        gradients.add(g.rows, g.seconds);
+    }
     let model_path = runner::resolve_model(&p0.spec.model.path)?;
     let n_layers = c2i_stages::model::weights::layer_count(&model_path)?;
+    let mut notes = Vec::new();
     if opts.layers.trim() != "all" {
         notes.push(format!(
             "Layers studied: {} (not all): the oracle, the rules' rankings and the \
@@ -568,7 +496,7 @@ pub fn run(
             p0.spec.search.blocks
         ));
     }
-    let input = StudyInput {
+    let mut input = StudyInput {
         header: Header {
             pipeline: file,
             task: r0.task.clone(),
@@ -593,8 +521,17 @@ pub fn run(
         baseline: base_selection,
         oracle,
         rules,
-        calibration,
-        evaluation,
+        calibration: Vec::new(),
+        evaluation: vec![EvaluationInput {
+            size: Size {
+                requested: own_evaluation,
+                used: own_evaluation,
+                capped: None,
+            },
+            baseline_selection: baseline(&r0, "selection", threshold)?,
+            baseline_heldout: baseline(&r0, "heldout", threshold)?,
+            winner: winner(&r0, threshold)?,
+        }],
         cost: CostInput {
             source: "each stage instance's own seconds, as its cache entry recorded them \
                      when it was computed (the stage's body: without loading the model, \
@@ -612,6 +549,104 @@ pub fn run(
         },
         notes,
     };
+
+    // 4. Calibration sizes, and 5. evaluation sizes (the pipeline's own is in already).
+    let cal_cap = split.saturating_sub(own_evaluation);
+    let cal_why = format!(
+        "capped: the selection split has {split} rows and {own_evaluation} of them are the \
+         evaluation sample"
+    );
+    let cal_sizes = capped(&opts.calibration, cal_cap, &cal_why);
+    let ev_cap = split.saturating_sub(own_calibration);
+    let ev_why = format!(
+        "capped: the selection split has {split} rows and {own_calibration} of them are the \
+         calibration sample"
+    );
+    let ev_sizes: Vec<Size> = capped(&opts.evaluation, ev_cap, &ev_why)
+        .into_iter()
+        .filter(|s| s.used != own_evaluation)
+        .collect();
+    if !capped(&opts.evaluation, ev_cap, &ev_why)
+        .iter()
+        .any(|s| s.used == own_evaluation)
+    {
+        input.notes.push(format!(
+            "Evaluation rows: the pipeline's own {own_evaluation} added to the sizes asked \
+             for (the reference winner)."
+        ));
+    }
+    for s in cal_sizes.iter().chain(&ev_sizes) {
+        if let Some(c) = &s.capped {
+            input.notes.push(format!(
+                "Sample size {} asked, {} used ({c}).",
+                s.requested, s.used
+            ));
+        }
+    }
+    let steps = cal_sizes.len() + ev_sizes.len();
+    let mut done = 0;
+    let mut written = write_files(&out, &input, done, steps)?;
+    for size in cal_sizes {
+        let mut per_rule = Vec::new();
+        for rule in ScoreRule::ALL {
+            let mut extra = scored(rule);
+            extra.push(format!("data.calibration.samples={}", size.used));
+            let (_, r) = v.run(
+                &format!("calibration-{}-{}", size.used, rule.name()),
+                &extra,
+                Some(Until::Scores),
+            )?;
+            if rule == ScoreRule::ALL[0] && size.used != own_calibration {
+                for rec in r.stages.iter().filter(|s| s.stage == "gradients") {
+                    let g = recorded(ctx, rec)?;
+                    input.cost.gradients.add(g.rows, g.seconds);
+                }
+            }
+            per_rule.push(rule_scores(rule, &r));
+        }
+        input.calibration.push(CalibrationInput {
+            size,
+            rules: per_rule,
+        });
+        done += 1;
+        written = write_files(&out, &input, done, steps)?;
+    }
+    for size in ev_sizes {
+        let (_, r) = v.run(
+            &format!("evaluation-{}", size.used),
+            &[format!("data.evaluation.samples={}", size.used)],
+            None,
+        )?;
+        input.evaluation.push(EvaluationInput {
+            size,
+            baseline_selection: baseline(&r, "selection", threshold)?,
+            baseline_heldout: baseline(&r, "heldout", threshold)?,
+            winner: winner(&r, threshold)?,
+        });
+        done += 1;
+        written = write_files(&out, &input, done, steps)?;
+    }
+    Ok(written)
+}
+
+/// Analyses `input` and writes study.json, study.md and the scatters to `out`; before
+/// the last step (`done < steps`) the files say the study is still running.
+fn write_files(
+    out: &Path,
+    input: &StudyInput,
+    done: usize,
+    steps: usize,
+) -> Result<StudyOutput, EngineError> {
+    let mut input = input.clone();
+    if done < steps {
+        input.notes.insert(
+            0,
+            format!(
+                "PARTIAL: {done} of {steps} sample-size variants done; the study was still \
+                 running (or was stopped) when these files were written."
+            ),
+        );
+    }
     let study = analyse(&input).map_err(|e| EngineError::Invalid(format!("study: {e}")))?;
     let mut files = Vec::new();
     let mut scatters = Vec::new();
