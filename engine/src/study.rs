@@ -29,7 +29,7 @@
 use crate::ctx::{Ctx, StageRecord};
 use crate::exec::Executor;
 use crate::lock::LockBook;
-use crate::runner::{self, Figures, Report, Until};
+use crate::runner::{self, Baseline, Figures, Report, Until};
 use crate::spec::{Pipeline, SearchMode, Select};
 use crate::EngineError;
 use c2i_cache::Key;
@@ -37,6 +37,7 @@ use c2i_stages::export::study::{
     analyse, markdown, scatter_svg, CalibrationInput, CostInput, EvaluationInput, Header, Measured,
     OracleInput, RuleScore, RuleScores, Size, Study, StudyInput, Tally, Winner,
 };
+use c2i_stages::model::MatrixId;
 use c2i_stages::score::ScoreRule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,35 +182,24 @@ const FIGURE_STEP: f64 = 1e-9;
 const SECONDS_STEP: f64 = 1e-6;
 
 /// An evaluation's figures for the study: the typed selection score, and the collapse
-/// flag from the metrics' prediction share (read through their serialized form, which
-/// has the same fields whatever type carries them).
-fn measured(f: &Figures, collapse_threshold: f64) -> Result<Measured, EngineError> {
-    let m = serde_json::to_value(&f.metrics)?;
-    let share = m
-        .get("max_predicted_share")
-        .and_then(|v| v.as_f64())
-        .map(|x| grid(x, FIGURE_STEP));
-    let predictions = m
-        .get("predicted_histogram")
-        .and_then(|v| serde_json::from_value::<Vec<usize>>(v.clone()).ok());
-    Ok(Measured {
+/// flag from the metrics' prediction share (classification only).
+fn measured(f: &Figures, collapse_threshold: f64) -> Measured {
+    let share = f.max_predicted_share().map(|x| grid(x, FIGURE_STEP));
+    Measured {
         samples: f.samples,
         accuracy: grid(f.selection.accuracy, FIGURE_STEP),
         balanced_accuracy: f.selection.balanced_accuracy.map(|x| grid(x, FIGURE_STEP)),
         log_loss: grid(f.selection.log_loss, FIGURE_STEP),
-        predictions,
+        predictions: f.predicted_histogram().map(<[usize]>::to_vec),
         max_predicted_share: share,
         collapsed: share.is_some_and(|s| s > collapse_threshold),
-    })
+    }
 }
 
-/// `layers.11.mlp.down_proj` → `down`.
+/// `layers.11.mlp.down_proj` → `down` (the kind's short name, as scores carry it).
 fn kind_of(matrix: &str) -> String {
-    matrix
-        .split('.')
-        .find_map(|s| s.strip_suffix("_proj"))
-        .unwrap_or(matrix)
-        .to_string()
+    MatrixId::from_hf_name(matrix)
+        .map_or_else(|| matrix.to_string(), |m| m.kind.short().to_string())
 }
 
 /// The K = 1 scores of a run stopped after its scores.
@@ -231,33 +221,21 @@ fn rule_scores(rule: ScoreRule, r: &Report) -> RuleScores {
     }
 }
 
-/// The baseline's figures of a complete run (`which`: selection or heldout).
-fn baseline(r: &Report, which: &str, threshold: f64) -> Result<Measured, EngineError> {
-    let f = r
-        .baseline
+/// The baseline of a complete run.
+fn baseline(r: &Report) -> Result<&Baseline, EngineError> {
+    r.baseline
         .as_ref()
-        .and_then(|b| match which {
-            "selection" => Some(&b.selection),
-            "heldout" => Some(&b.heldout),
-            _ => None,
-        })
-        .ok_or_else(|| EngineError::Invalid(format!("the run has no baseline {which} figures")))?;
-    measured(f, threshold)
+        .ok_or_else(|| EngineError::Invalid("the run has no baseline figures".into()))
 }
 
-fn winner(r: &Report, threshold: f64) -> Result<Option<Winner>, EngineError> {
-    r.best
-        .as_ref()
-        .map(|b| {
-            Ok(Winner {
-                matrix: b.matrix.clone(),
-                blocks: b.blocks,
-                keep: b.keep,
-                selection: measured(&b.selection, threshold)?,
-                heldout: measured(&b.heldout, threshold)?,
-            })
-        })
-        .transpose()
+fn winner(r: &Report, threshold: f64) -> Option<Winner> {
+    r.best.as_ref().map(|b| Winner {
+        matrix: b.matrix.clone(),
+        blocks: b.blocks,
+        keep: b.keep,
+        selection: measured(&b.selection, threshold),
+        heldout: measured(&b.heldout, threshold),
+    })
 }
 
 /// A stage instance's seconds and rows as its cache entry recorded them when it was
@@ -388,7 +366,7 @@ pub fn run(
         .as_ref()
         .map(|d| d.selection_rows)
         .ok_or_else(|| EngineError::Invalid("the pipeline's run read no data".into()))?;
-    let base_selection = baseline(&r0, "selection", threshold)?;
+    let base_selection = measured(&baseline(&r0)?.selection, threshold);
 
     // 2. Every rule's scores at the pipeline's calibration size.
     let mut rules = Vec::new();
@@ -437,7 +415,7 @@ pub fn run(
             layer: c.layer,
             kind: kind_of(&c.matrix),
             keep: c.keep,
-            measured: measured(&c.selection, threshold)?,
+            measured: measured(&c.selection, threshold),
         });
     }
 
@@ -528,9 +506,9 @@ pub fn run(
                 used: own_evaluation,
                 capped: None,
             },
-            baseline_selection: baseline(&r0, "selection", threshold)?,
-            baseline_heldout: baseline(&r0, "heldout", threshold)?,
-            winner: winner(&r0, threshold)?,
+            baseline_selection: measured(&baseline(&r0)?.selection, threshold),
+            baseline_heldout: measured(&baseline(&r0)?.heldout, threshold),
+            winner: winner(&r0, threshold),
         }],
         cost: CostInput {
             source: "each stage instance's own seconds, as its cache entry recorded them \
@@ -619,9 +597,9 @@ pub fn run(
         )?;
         input.evaluation.push(EvaluationInput {
             size,
-            baseline_selection: baseline(&r, "selection", threshold)?,
-            baseline_heldout: baseline(&r, "heldout", threshold)?,
-            winner: winner(&r, threshold)?,
+            baseline_selection: measured(&baseline(&r)?.selection, threshold),
+            baseline_heldout: measured(&baseline(&r)?.heldout, threshold),
+            winner: winner(&r, threshold),
         });
         done += 1;
         written = write_files(&out, &input, done, steps)?;
