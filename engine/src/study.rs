@@ -34,8 +34,8 @@ use crate::spec::{Pipeline, SearchMode, Select};
 use crate::EngineError;
 use c2i_cache::Key;
 use c2i_stages::export::study::{
-    analyse, markdown, scatter_svg, CalibrationInput, CostInput, EvaluationInput, Header, Measured,
-    OracleInput, RuleScore, RuleScores, Size, Study, StudyInput, Tally, Winner,
+    analyse, markdown, rederive, scatter_svg, CalibrationInput, CostInput, EvaluationInput, Header,
+    Measured, OracleInput, RuleScore, RuleScores, Size, Study, StudyInput, Tally, Winner,
 };
 use c2i_stages::model::MatrixId;
 use c2i_stages::score::ScoreRule;
@@ -626,6 +626,11 @@ fn write_files(
         );
     }
     let study = analyse(&input).map_err(|e| EngineError::Invalid(format!("study: {e}")))?;
+    write_study(out, study)
+}
+
+/// Writes study.json, study.md and the scatters of `study` to `out`.
+fn write_study(out: &Path, study: Study) -> Result<StudyOutput, EngineError> {
     let mut files = Vec::new();
     let mut scatters = Vec::new();
     for r in &study.rules {
@@ -651,6 +656,25 @@ fn write_files(
     files.insert(0, md_path);
     files.insert(0, json_path);
     Ok(StudyOutput { study, files })
+}
+
+/// Re-analyses the `study.json` in `out` (written by an earlier c2i, whose cache keys
+/// may differ from this one's) with this c2i's analysis and rewrites the study's files,
+/// evaluating nothing: what was measured stays, the tables derived from it are this
+/// version's.
+pub fn rerender(out: &Path) -> Result<StudyOutput, EngineError> {
+    let path = out.join("study.json");
+    let bytes = std::fs::read(&path)
+        .map_err(|e| EngineError::Invalid(format!("study: reading {}: {e}", path.display())))?;
+    let mut study: Study = serde_json::from_slice(&bytes).map_err(|e| {
+        EngineError::Invalid(format!(
+            "study: {} is not a study.json c2i can read: {e}",
+            path.display()
+        ))
+    })?;
+    rederive(&mut study)
+        .map_err(|e| EngineError::Invalid(format!("study: {}: {e}", path.display())))?;
+    write_study(out, study)
 }
 
 /// The directory a pipeline's study goes to by default: `out/study/STEM` beside the

@@ -8,7 +8,7 @@ use crate::resources::{mib, peak_rss_bytes};
 use anyhow::Result;
 use c2i_engine::spec::{ExecutorKind, Pipeline};
 use c2i_engine::study::{
-    default_out, run as run_study, StudyOptions, DEFAULT_CALIBRATION, DEFAULT_EVALUATION,
+    default_out, rerender, run as run_study, StudyOptions, DEFAULT_CALIBRATION, DEFAULT_EVALUATION,
     DEFAULT_ORACLE_KEEP,
 };
 use std::path::PathBuf;
@@ -46,6 +46,11 @@ pub struct Args {
     /// Worker processes of the pool executor.
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Evaluate nothing: re-analyse the study.json already in the output directory
+    /// (written by an earlier c2i) with this c2i's analysis and rewrite study.md,
+    /// study.json and the scatters. The measured figures stay those of that run.
+    #[arg(long)]
+    pub rerender: bool,
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
@@ -63,17 +68,21 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     };
     // Bad flags fail before the pipeline is even read.
     opts.validate()?;
-    let p = Pipeline::load(&args.pipeline, &args.set)?;
-    let (ctx, config) = context(&p, args.cache.as_deref(), None, false, out)?;
-    let mut exec = executor(&p, args.executor, args.jobs, &ctx, config)?;
     let started = std::time::Instant::now();
-    let quiet = out.quiet || out.json;
-    let mut say = |line: &str| {
-        if !quiet {
-            eprintln!("{line}");
-        }
+    let done = if args.rerender {
+        rerender(&opts.out)?
+    } else {
+        let p = Pipeline::load(&args.pipeline, &args.set)?;
+        let (ctx, config) = context(&p, args.cache.as_deref(), None, false, out)?;
+        let mut exec = executor(&p, args.executor, args.jobs, &ctx, config)?;
+        let quiet = out.quiet || out.json;
+        let mut say = |line: &str| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        };
+        run_study(&ctx, exec.as_mut(), &opts, &mut say)?
     };
-    let done = run_study(&ctx, exec.as_mut(), &opts, &mut say)?;
     let s = &done.study;
     let mut text = format!(
         "study of {} ({}): {} oracle candidates, {} rules, {:.1} s wall",

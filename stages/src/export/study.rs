@@ -26,8 +26,8 @@
 use super::plots::{escape_xml, PALETTE};
 use crate::score::agreement::{
     holds_in_top_k, kendall_tau_b, order_desc, position, random_holds_best, random_recall,
-    random_top_k_overlap, recall_in_top_k, spearman, top_k_overlap, AgreementError,
-    RANDOM_CORRELATION,
+    random_subset_expected_max, random_top_k_overlap, recall_in_top_k, spearman, top_k_overlap,
+    AgreementError, RANDOM_CORRELATION,
 };
 use crate::score::ScoreRule;
 use serde::{Deserialize, Serialize};
@@ -288,8 +288,49 @@ pub struct RuleReport {
     pub best_not_collapsed_position: Option<usize>,
     /// The rule's first 10 matrices.
     pub top_matrices: Vec<String>,
+    /// What a search of the rule's top k matrices (every oracle keep, K = 1) would
+    /// find, for several k: how deep the search must go.
+    #[serde(default)]
+    pub depth: Vec<DepthPoint>,
+    /// Share of the matrices whose best keep by the rule is the oracle's best keep of
+    /// that matrix (selection metric, ties lower log-loss) / its lowest-log-loss keep:
+    /// whether the rule can pick the keep (`select = "entries"`) or should leave it to
+    /// the evaluation (`select = "matrices"`).
+    #[serde(default)]
+    pub keep_agreement_metric: Option<f64>,
+    #[serde(default)]
+    pub keep_agreement_log_loss: Option<f64>,
     pub points: Vec<Point>,
 }
+
+/// The best the search finds among a rule's top k matrices, each evaluated at every
+/// oracle keep (K = 1) on the oracle's rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DepthPoint {
+    pub k: usize,
+    /// The best entry among them (selection metric, ties lower log-loss).
+    pub best_matrix: String,
+    pub best_keep: f64,
+    /// Its change of the selection metric against the baseline.
+    pub delta_metric: f64,
+    pub delta_log_loss: f64,
+    pub collapsed: bool,
+    /// The lowest Δ log-loss among their entries.
+    pub lowest_delta_log_loss: f64,
+}
+
+/// What k matrices drawn uniformly at random would give, expected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RandomDepth {
+    pub k: usize,
+    /// Expected Δ of the selection metric of the best of k random matrices.
+    pub delta_metric: f64,
+    /// Expected lowest Δ log-loss among k random matrices' entries.
+    pub lowest_delta_log_loss: f64,
+}
+
+/// The depths the study reports (capped at the number of matrices).
+pub const DEPTHS: [usize; 6] = [1, 2, 3, 5, 10, 20];
 
 /// The expected values of a uniformly random ranking, beside the rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -302,6 +343,11 @@ pub struct RandomBaseline {
     /// (N + 1) / 2 of N matrices.
     pub best_matrix_position: Option<f64>,
     pub top3_overlap: Option<f64>,
+    #[serde(default)]
+    pub depth: Vec<RandomDepth>,
+    /// 1 / the number of oracle keeps.
+    #[serde(default)]
+    pub keep_agreement: Option<f64>,
 }
 
 /// One rule at one calibration size, against the largest size.
@@ -580,6 +626,131 @@ fn matrix_ranking(values: &BTreeMap<EntryKey, f64>) -> Result<Vec<String>, Study
     order_desc(&best).map_err(agreement("matrix ranking"))
 }
 
+/// An entry's change of the selection metric against the baseline.
+fn delta_metric(metric: &str, e: &OracleEntry) -> Result<f64, StudyError> {
+    if metric == "balanced_accuracy" {
+        e.delta_balanced_accuracy.ok_or_else(|| {
+            StudyError::Invalid(format!(
+                "selection metric balanced_accuracy, but {} keep {} has none",
+                e.matrix, e.keep
+            ))
+        })
+    } else {
+        metric_value(metric, &e.measured).map(|_| e.delta_accuracy)
+    }
+}
+
+/// The depths that apply to `n` matrices: [`DEPTHS`] below n, then n itself.
+fn depths(n: usize) -> Vec<usize> {
+    let mut ks: Vec<usize> = DEPTHS.iter().copied().filter(|&k| k < n).collect();
+    if n > 0 {
+        ks.push(n);
+    }
+    ks
+}
+
+/// What searching the first k matrices of `ranking` finds, for each depth.
+fn depth_points(
+    metric: &str,
+    oracle: &Oracle,
+    ranking: &[String],
+) -> Result<Vec<DepthPoint>, StudyError> {
+    let mut out = Vec::new();
+    for k in depths(oracle.matrices) {
+        let chosen: BTreeSet<&String> = ranking.iter().take(k).collect();
+        // The oracle's entries are in its order, so the first one chosen is the best.
+        let mut within = oracle.entries.iter().filter(|e| chosen.contains(&e.matrix));
+        let Some(best) = within.next() else {
+            continue;
+        };
+        let lowest = oracle
+            .entries
+            .iter()
+            .filter(|e| chosen.contains(&e.matrix))
+            .map(|e| e.delta_log_loss)
+            .fold(f64::INFINITY, f64::min);
+        out.push(DepthPoint {
+            k,
+            best_matrix: best.matrix.clone(),
+            best_keep: best.keep,
+            delta_metric: delta_metric(metric, best)?,
+            delta_log_loss: best.delta_log_loss,
+            collapsed: best.measured.collapsed,
+            lowest_delta_log_loss: lowest,
+        });
+    }
+    Ok(out)
+}
+
+/// What k random matrices give, expected, for each depth.
+fn random_depth(metric: &str, oracle: &Oracle) -> Result<Vec<RandomDepth>, StudyError> {
+    // Per matrix: the metric of its best entry (its first in oracle order) and its
+    // lowest Δ log-loss, negated so that the expected maximum gives the minimum.
+    let mut best: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut lowest: BTreeMap<&str, f64> = BTreeMap::new();
+    for e in &oracle.entries {
+        if !best.contains_key(e.matrix.as_str()) {
+            best.insert(&e.matrix, delta_metric(metric, e)?);
+        }
+        lowest
+            .entry(&e.matrix)
+            .and_modify(|l| *l = l.max(-e.delta_log_loss))
+            .or_insert(-e.delta_log_loss);
+    }
+    let best: Vec<f64> = best.into_values().collect();
+    let lowest: Vec<f64> = lowest.into_values().collect();
+    let mut out = Vec::new();
+    for k in depths(oracle.matrices) {
+        let m = random_subset_expected_max(&best, k).map_err(agreement("random depth"))?;
+        let l = random_subset_expected_max(&lowest, k).map_err(agreement("random depth"))?;
+        if let (Some(m), Some(l)) = (m, l) {
+            out.push(RandomDepth {
+                k,
+                delta_metric: m,
+                lowest_delta_log_loss: -l,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Share of matrices whose best keep by the rule's values is the oracle's best keep
+/// (by the selection metric, ties lower log-loss; and by log-loss alone).
+fn keep_agreement(oracle: &Oracle, values: &BTreeMap<EntryKey, f64>) -> (Option<f64>, Option<f64>) {
+    // The rule's best keep per matrix: highest value, ties to the smaller keep.
+    let mut rule_best: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
+    for ((m, k), v) in values {
+        let keep = f64::from_bits(*k);
+        match rule_best.get(m.as_str()) {
+            Some(&(bv, bk)) if bv > *v || (bv == *v && f64::from_bits(bk) <= keep) => {}
+            _ => {
+                rule_best.insert(m, (*v, *k));
+            }
+        }
+    }
+    let mut by_metric: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut by_loss: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
+    for e in &oracle.entries {
+        by_metric.entry(&e.matrix).or_insert(e.keep.to_bits());
+        match by_loss.get(e.matrix.as_str()) {
+            Some(&(l, _)) if l <= e.delta_log_loss => {}
+            _ => {
+                by_loss.insert(&e.matrix, (e.delta_log_loss, e.keep.to_bits()));
+            }
+        }
+    }
+    let share = |hits: usize| (!rule_best.is_empty()).then(|| hits as f64 / rule_best.len() as f64);
+    let metric_hits = rule_best
+        .iter()
+        .filter(|(m, (_, k))| by_metric.get(*m) == Some(k))
+        .count();
+    let loss_hits = rule_best
+        .iter()
+        .filter(|(m, (_, k))| by_loss.get(*m).map(|x| x.1) == Some(*k))
+        .count();
+    (share(metric_hits), share(loss_hits))
+}
+
 fn rule_report(header: &Header, oracle: &Oracle, r: &RuleScores) -> Result<RuleReport, StudyError> {
     let values = rule_values(oracle, r, "scores at the pipeline's calibration size")?;
     let name = r.rule.name();
@@ -629,6 +800,7 @@ fn rule_report(header: &Header, oracle: &Oracle, r: &RuleScores) -> Result<RuleR
         "{name}: Spearman over matrices, accuracy"
     )))?;
     let ranking = matrix_ranking(&values)?;
+    let (keep_agreement_metric, keep_agreement_log_loss) = keep_agreement(oracle, &values);
     let reference = &oracle.matrix_order;
     let best_matrix = reference.first().cloned();
     let (unit, holds_best) = if header.select == "entries" {
@@ -678,6 +850,9 @@ fn rule_report(header: &Header, oracle: &Oracle, r: &RuleScores) -> Result<RuleR
             .and_then(|i| oracle.entries.get(i))
             .and_then(|e| position(&e.matrix, &ranking)),
         top_matrices: ranking.iter().take(10).cloned().collect(),
+        depth: depth_points(&header.selection_metric, oracle, &ranking)?,
+        keep_agreement_metric,
+        keep_agreement_log_loss,
         points,
     })
 }
@@ -863,6 +1038,9 @@ pub fn analyse(input: &StudyInput) -> Result<Study, StudyError> {
         holds_best: random_holds_best(k_unit_n, k),
         best_matrix_position: (n > 0).then(|| (n as f64 + 1.0) / 2.0),
         top3_overlap: random_top_k_overlap(n, 3),
+        depth: random_depth(&input.header.selection_metric, &oracle)?,
+        keep_agreement: (!input.header.oracle_keeps.is_empty())
+            .then(|| 1.0 / input.header.oracle_keeps.len() as f64),
     };
     let calibration = calibration(input, &oracle)?;
     let evaluation = evaluation(input)?;
@@ -878,6 +1056,44 @@ pub fn analyse(input: &StudyInput) -> Result<Study, StudyError> {
         cost,
         notes: input.notes.clone(),
     })
+}
+
+/// Recomputes the figures derived from the oracle and the rules' points (search depth,
+/// keep agreement and their random expectations) of a study read back from its
+/// `study.json`, so that a study written by an earlier c2i gets this one's tables
+/// without evaluating anything again. Everything measured stays as it was.
+pub fn rederive(study: &mut Study) -> Result<(), StudyError> {
+    let metric = study.header.selection_metric.clone();
+    for r in &mut study.rules {
+        let mut values = BTreeMap::new();
+        for p in &r.points {
+            check_finite(
+                &format!("{}: ranking value of {} keep {}", r.rule, p.matrix, p.keep),
+                p.ranking_value,
+            )?;
+            values.insert((p.matrix.clone(), p.keep.to_bits()), p.ranking_value);
+        }
+        let want: BTreeSet<EntryKey> = study
+            .oracle
+            .entries
+            .iter()
+            .map(|e| (e.matrix.clone(), e.keep.to_bits()))
+            .collect();
+        if values.keys().cloned().collect::<BTreeSet<_>>() != want {
+            return Err(StudyError::Invalid(format!(
+                "rule {}: its points are not the oracle's entries",
+                r.rule
+            )));
+        }
+        let ranking = matrix_ranking(&values)?;
+        (r.keep_agreement_metric, r.keep_agreement_log_loss) =
+            keep_agreement(&study.oracle, &values);
+        r.depth = depth_points(&metric, &study.oracle, &ranking)?;
+    }
+    study.random.depth = random_depth(&metric, &study.oracle)?;
+    study.random.keep_agreement = (!study.header.oracle_keeps.is_empty())
+        .then(|| 1.0 / study.header.oracle_keeps.len() as f64);
+    Ok(())
 }
 
 // ---- Markdown ----------------------------------------------------------------------
@@ -976,6 +1192,92 @@ fn hours(v: f64) -> String {
     } else {
         format!("{} s", secs(v))
     }
+}
+
+/// "How deep must the search go?": per depth k, what each rule's top k finds.
+fn depth_section(o: &mut String, s: &Study) {
+    let h = &s.header;
+    if s.rules.iter().all(|r| r.depth.is_empty()) {
+        return;
+    }
+    let _ = writeln!(o, "## How deep must the search go?\n");
+    let _ = writeln!(
+        o,
+        "If the search evaluated each rule's top k matrices at every oracle keep (K = 1) \
+         on these rows, what would it find? Per cell: the Δ {} of the best entry \
+         (COLLAPSED when it is) / the lowest Δ log-loss among them. A random choice of k \
+         matrices, expected, beside them; at k = {} every rule finds the oracle's best.\n",
+        h.selection_metric, s.oracle.matrices
+    );
+    let _ = write!(o, "| k |");
+    for r in &s.rules {
+        let _ = write!(o, " `{}` |", r.rule);
+    }
+    let _ = writeln!(o, " random k matrices (expected) |");
+    let _ = writeln!(o, "|---|{}---|", "---|".repeat(s.rules.len()));
+    let ks: BTreeSet<usize> = s
+        .rules
+        .iter()
+        .flat_map(|r| r.depth.iter().map(|d| d.k))
+        .collect();
+    for k in ks {
+        let _ = write!(o, "| {k} |");
+        for r in &s.rules {
+            match r.depth.iter().find(|d| d.k == k) {
+                Some(d) => {
+                    let _ = write!(
+                        o,
+                        " {}{} / {} |",
+                        signed(d.delta_metric, 3),
+                        if d.collapsed { " COLLAPSED" } else { "" },
+                        signed(d.lowest_delta_log_loss, 4)
+                    );
+                }
+                None => {
+                    let _ = write!(o, " — |");
+                }
+            }
+        }
+        match s.random.depth.iter().find(|d| d.k == k) {
+            Some(d) => {
+                let _ = writeln!(
+                    o,
+                    " {} / {} |",
+                    signed(d.delta_metric, 3),
+                    signed(d.lowest_delta_log_loss, 4)
+                );
+            }
+            None => {
+                let _ = writeln!(o, " — |");
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nCan a rule pick the keep? The share of the {} matrices whose best keep by the \
+         rule is the oracle's best keep of that matrix (by {}, ties lower log-loss / by \
+         log-loss alone){}:\n",
+        s.oracle.matrices,
+        h.selection_metric,
+        s.random
+            .keep_agreement
+            .map_or_else(String::new, |x| format!(
+                "; a random keep gets {}",
+                fx(x, 2)
+            ))
+    );
+    for r in &s.rules {
+        let _ = writeln!(
+            o,
+            "- `{}`: {} / {}",
+            r.rule,
+            r.keep_agreement_metric
+                .map_or("—".to_string(), |x| fx(x, 2)),
+            r.keep_agreement_log_loss
+                .map_or("—".to_string(), |x| fx(x, 2))
+        );
+    }
+    o.push('\n');
 }
 
 /// `study.md`: the study's tables and what they say.
@@ -1205,6 +1507,8 @@ pub fn markdown(s: &Study, scatter_files: &[(ScoreRule, String)]) -> String {
         }
         o.push('\n');
     }
+
+    depth_section(&mut o, s);
 
     // Calibration sizes.
     if !s.calibration.is_empty() {
@@ -2073,5 +2377,86 @@ mod tests {
         assert_eq!(t.last().unwrap().1, "1.0");
         let (lo, hi, _) = ticks(2.0, 2.0, 5);
         assert!(lo < 2.0 && hi > 2.0);
+    }
+
+    #[test]
+    fn depth_and_keep_agreement_hand_computed() {
+        let s = analyse(&input()).unwrap();
+        let by = |rule| s.rules.iter().find(|r| r.rule == rule).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // negative-sv-grad ranks layer 3 first: its best entry (keep 0.5, accuracy
+        // 0.81 against 0.55, collapsed) from k = 1 on.
+        let nsg = by(ScoreRule::NegativeSvGrad);
+        assert_eq!(
+            nsg.depth.iter().map(|d| d.k).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        let d = &nsg.depth[0];
+        assert_eq!(
+            (d.best_matrix.as_str(), d.best_keep),
+            (name(3, "down").as_str(), 0.5)
+        );
+        assert!(close(d.delta_metric, 0.26) && d.collapsed);
+        assert!(close(d.lowest_delta_log_loss, -0.21));
+        // first-order-slope is reversed: layer 0 first (0.51: -0.04; log-loss 1.99:
+        // +0.09), then layer 1 (0.61: +0.06; 1.89: -0.01); at k = 4 the oracle's best.
+        let sl = by(ScoreRule::FirstOrderSlope);
+        assert!(close(sl.depth[0].delta_metric, -0.04) && !sl.depth[0].collapsed);
+        assert!(close(sl.depth[0].lowest_delta_log_loss, 0.09));
+        assert_eq!(sl.depth[1].best_matrix, name(1, "down"));
+        assert!(close(sl.depth[1].delta_metric, 0.06));
+        assert!(close(sl.depth[1].lowest_delta_log_loss, -0.01));
+        assert!(close(sl.depth[3].delta_metric, 0.26));
+        // Random: k = 1 is the mean of the matrices' best (-0.04, 0.06, 0.16, 0.26) and
+        // lowest (0.09, -0.01, -0.11, -0.21); k = 4 is the oracle's best.
+        let r = &s.random.depth;
+        assert!(close(r[0].delta_metric, 0.11) && close(r[0].lowest_delta_log_loss, -0.06));
+        assert!(close(r[3].delta_metric, 0.26) && close(r[3].lowest_delta_log_loss, -0.21));
+        // k = 2 of 4: the best of a pair, over the 6 pairs of (-0.04, 0.06, 0.16, 0.26):
+        // 0.26 three times, 0.16 twice, 0.06 once.
+        assert!(close(
+            r[1].delta_metric,
+            (3.0 * 0.26 + 2.0 * 0.16 + 0.06) / 6.0
+        ));
+        // Every matrix is best at keep 0.5 by either measure; negative-sv-grad and
+        // first-order prefer keep 0.5, first-order-slope keep 0.1.
+        assert_eq!(nsg.keep_agreement_metric, Some(1.0));
+        assert_eq!(by(ScoreRule::FirstOrder).keep_agreement_log_loss, Some(1.0));
+        assert_eq!(
+            (sl.keep_agreement_metric, sl.keep_agreement_log_loss),
+            (Some(0.0), Some(0.0))
+        );
+        assert_eq!(s.random.keep_agreement, Some(0.5));
+        let md = markdown(&s, &[]);
+        assert!(md.contains("## How deep must the search go?"), "{md}");
+        assert!(md.contains("| 1 | +0.260 COLLAPSED / -0.2100 |"), "{md}");
+    }
+
+    #[test]
+    fn rederive_gives_what_analyse_gives() {
+        let full = analyse(&input()).unwrap();
+        let mut old = full.clone();
+        for r in &mut old.rules {
+            r.depth.clear();
+            r.keep_agreement_metric = None;
+            r.keep_agreement_log_loss = None;
+        }
+        old.random.depth.clear();
+        old.random.keep_agreement = None;
+        // A study.json of an earlier c2i has no such fields at all.
+        let mut json: serde_json::Value = serde_json::to_value(&old).unwrap();
+        for r in json["rules"].as_array_mut().unwrap() {
+            let r = r.as_object_mut().unwrap();
+            r.remove("depth");
+            r.remove("keep_agreement_metric");
+            r.remove("keep_agreement_log_loss");
+        }
+        json["random"].as_object_mut().unwrap().remove("depth");
+        let mut back: Study = serde_json::from_value(json).unwrap();
+        rederive(&mut back).unwrap();
+        assert_eq!(back, full);
+        // Points that are not the oracle's entries are refused.
+        back.rules[0].points.pop();
+        assert!(rederive(&mut back).is_err());
     }
 }

@@ -229,6 +229,35 @@ pub fn random_top_k_overlap(n_items: usize, k: usize) -> Option<f64> {
     })
 }
 
+/// Expected largest value among `k` of `values` chosen uniformly at random without
+/// replacement (k capped at the number of values): with the values sorted largest
+/// first, the i-th (1-based) is the largest of the subset with probability
+/// C(n-i, k-1) / C(n, k). `None` for no values or k = 0.
+pub fn random_subset_expected_max(values: &[f64], k: usize) -> Result<Option<f64>, AgreementError> {
+    check_finite("values of a random subset", values)?;
+    let n = values.len();
+    let k = k.min(n);
+    if k == 0 {
+        return Ok(None);
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    // p_1 = k/n; p_{i+1} = p_i (n-i-k+1)/(n-i), the ratio of consecutive binomials.
+    let mut p = k as f64 / n as f64;
+    let mut expected = 0.0;
+    for (i, v) in sorted.iter().enumerate() {
+        let i = i + 1;
+        if p <= 0.0 {
+            break;
+        }
+        expected += p * v;
+        if i < n {
+            p *= (n - i + 1).saturating_sub(k) as f64 / (n - i) as f64;
+        }
+    }
+    Ok(Some(expected))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,5 +451,39 @@ mod tests {
         }
         assert!((rho / m - RANDOM_CORRELATION).abs() < 1e-12);
         assert!((tau / m - RANDOM_CORRELATION).abs() < 1e-12);
+    }
+
+    #[test]
+    fn random_subset_expected_max_is_the_mean_over_every_subset() {
+        let values = [0.3, -1.0, 2.5, 0.3, 7.0, -0.5];
+        let n = values.len();
+        for k in 1..=n {
+            let mut sum = 0.0;
+            let mut count = 0usize;
+            for mask in 0u32..(1 << n) {
+                if mask.count_ones() as usize != k {
+                    continue;
+                }
+                let best = (0..n)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| values[i])
+                    .fold(f64::NEG_INFINITY, f64::max);
+                sum += best;
+                count += 1;
+            }
+            let want = sum / count as f64;
+            let got = random_subset_expected_max(&values, k).unwrap().unwrap();
+            assert!(close(got, want), "k {k}: {got} vs {want}");
+        }
+        // k = 1 is the mean; k = n (or more) the maximum.
+        let mean = values.iter().sum::<f64>() / n as f64;
+        assert!(close(
+            random_subset_expected_max(&values, 1).unwrap().unwrap(),
+            mean
+        ));
+        assert_eq!(random_subset_expected_max(&values, 99).unwrap(), Some(7.0));
+        assert_eq!(random_subset_expected_max(&values, 0).unwrap(), None);
+        assert_eq!(random_subset_expected_max(&[], 3).unwrap(), None);
+        assert!(random_subset_expected_max(&[1.0, f64::NAN], 1).is_err());
     }
 }
