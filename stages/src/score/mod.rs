@@ -304,23 +304,12 @@ pub fn sv_grads(
 
 /// A score rule, by its pipeline name.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-    Default,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum ScoreRule {
     /// `negative-sv-grad`: Σ_{dropped} max(0, −g_i) ≥ 0; larger is better. The
-    /// paper's rule, and the default.
-    #[default]
+    /// paper's rule (a pipeline's default is chosen in `engine/src/spec.rs`).
     NegativeSvGrad,
     /// `first-order`: ΔL ≈ −Σ_{dropped} g_i σ_i; more negative is better.
     FirstOrder,
