@@ -466,7 +466,10 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
     };
     write_outputs(&p, &r)?;
     let mut wrote_lock = false;
-    if let (Some(lock), false, None) = (&r.lock, args.frozen, args.until) {
+    // A run with --set overrides is a variant, not the pipeline file: its lock would
+    // overwrite the file's own (and a later --frozen run of the file would fail).
+    let overridden = !args.set.is_empty();
+    if let (Some(lock), false, None, false) = (&r.lock, args.frozen, args.until, overridden) {
         c2i_engine::lock::write(&lock_file, lock)?;
         wrote_lock = true;
     }
@@ -480,6 +483,11 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
                 format!(", and {}", lock_file.display())
             } else if args.frozen {
                 format!("; every output matches {}", lock_file.display())
+            } else if overridden && r.lock.is_some() && args.until.is_none() {
+                format!(
+                    "; {} left as it was (--set overrides: this run is a variant of the file)",
+                    lock_file.display()
+                )
             } else {
                 String::new()
             },

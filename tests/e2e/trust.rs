@@ -696,6 +696,19 @@ fn lock_files_do_not_depend_on_the_thread_count_and_frozen_runs_check_them() {
     // A third run, --frozen: passes, and leaves the lock as it was.
     ok(run(&p, &cache, &["--frozen"]), "frozen run");
     assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), lock);
+    // A variant (--set) writes no lock over the file's own: the batch size enters no
+    // key, so this run is all cache hits, and only the lock file could differ.
+    let mut variant = c2i();
+    variant
+        .arg("run")
+        .arg(&p)
+        .arg("--cache")
+        .arg(&cache)
+        .args(["--set", "run.eval_batch=3"]);
+    let o = ok(variant, "variant run");
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), lock);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("left as it was (--set overrides"), "{said}");
     // A lock edited to another digest: --frozen names the stage and both digests.
     let (line, digest) = lock
         .lines()
