@@ -61,7 +61,7 @@ pub struct StudyOptions {
 }
 
 /// The defaults of the command line.
-pub const DEFAULT_ORACLE_KEEP: [f64; 3] = [0.02, 0.1, 0.4];
+pub const DEFAULT_ORACLE_KEEP: [f64; 3] = crate::spec::DEFAULT_KEEP;
 pub const DEFAULT_CALIBRATION: [usize; 6] = [10, 25, 50, 100, 200, 400];
 pub const DEFAULT_EVALUATION: [usize; 4] = [25, 50, 100, 200];
 

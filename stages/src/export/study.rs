@@ -586,6 +586,17 @@ fn rule_values(
             )));
         }
     }
+    covers_oracle(oracle, r.rule, &values, what)?;
+    Ok(values)
+}
+
+/// Checks that a rule's values are for exactly the oracle's entries.
+fn covers_oracle(
+    oracle: &Oracle,
+    rule: ScoreRule,
+    values: &BTreeMap<EntryKey, f64>,
+    what: &str,
+) -> Result<(), StudyError> {
     let want: BTreeSet<EntryKey> = oracle
         .entries
         .iter()
@@ -595,18 +606,18 @@ fn rule_values(
     if let Some((m, k)) = want.difference(&have).next() {
         return Err(StudyError::Invalid(format!(
             "{what}: rule {} has no score for the oracle's entry {m} keep {}",
-            r.rule,
+            rule,
             f64::from_bits(*k)
         )));
     }
     if let Some((m, k)) = have.difference(&want).next() {
         return Err(StudyError::Invalid(format!(
             "{what}: rule {} scores {m} keep {}, which the oracle did not evaluate",
-            r.rule,
+            rule,
             f64::from_bits(*k)
         )));
     }
-    Ok(values)
+    Ok(())
 }
 
 /// Each matrix's best value among its entries.
@@ -663,12 +674,9 @@ fn depth_points(
         let Some(best) = within.next() else {
             continue;
         };
-        let lowest = oracle
-            .entries
-            .iter()
-            .filter(|e| chosen.contains(&e.matrix))
+        let lowest = within
             .map(|e| e.delta_log_loss)
-            .fold(f64::INFINITY, f64::min);
+            .fold(best.delta_log_loss, f64::min);
         out.push(DepthPoint {
             k,
             best_matrix: best.matrix.clone(),
@@ -1071,20 +1079,17 @@ pub fn rederive(study: &mut Study) -> Result<(), StudyError> {
                 &format!("{}: ranking value of {} keep {}", r.rule, p.matrix, p.keep),
                 p.ranking_value,
             )?;
-            values.insert((p.matrix.clone(), p.keep.to_bits()), p.ranking_value);
+            if values
+                .insert((p.matrix.clone(), p.keep.to_bits()), p.ranking_value)
+                .is_some()
+            {
+                return Err(StudyError::Invalid(format!(
+                    "study.json points: {} has {} keep {} twice",
+                    r.rule, p.matrix, p.keep
+                )));
+            }
         }
-        let want: BTreeSet<EntryKey> = study
-            .oracle
-            .entries
-            .iter()
-            .map(|e| (e.matrix.clone(), e.keep.to_bits()))
-            .collect();
-        if values.keys().cloned().collect::<BTreeSet<_>>() != want {
-            return Err(StudyError::Invalid(format!(
-                "rule {}: its points are not the oracle's entries",
-                r.rule
-            )));
-        }
+        covers_oracle(&study.oracle, r.rule, &values, "study.json points")?;
         let ranking = matrix_ranking(&values)?;
         (r.keep_agreement_metric, r.keep_agreement_log_loss) =
             keep_agreement(&study.oracle, &values);
