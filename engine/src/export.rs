@@ -240,7 +240,7 @@ pub fn export(
                 "W[rows of block b] = us_b · vt_b".to_string(),
             ),
         ]);
-        save_safetensors(&tensors, &meta, &fpath)?;
+        save_safetensors(tensors, &meta, &fpath)?;
         info.digests
             .insert("factored.safetensors".into(), file_digest(&fpath)?);
         let pc = fm.param_count();

@@ -147,16 +147,17 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             "mean over samples of the summed NLL of the gold answer tokens".to_string(),
         ),
     ]);
-    save_safetensors(&grads.named(), &meta, &args.out)?;
+    let (count, loss, answer_tokens) = (grads.grads.len(), grads.loss, grads.answer_tokens);
+    save_safetensors(grads.into_named(), &meta, &args.out)?;
     let peak = peak_rss_bytes();
     let text = format!(
         "wrote {} gradients to {}\nloss {:.6} over {} samples ({} tokens, {} answer tokens)\ngradient pass {:.1} s, total {:.1} s, peak RSS {}",
-        grads.grads.len(),
+        count,
         args.out.display(),
-        grads.loss,
+        loss,
         samples.len(),
         tokens,
-        grads.answer_tokens,
+        answer_tokens,
         pass_seconds,
         started.elapsed().as_secs_f64(),
         peak.map(mib).unwrap_or_else(|| "unknown".into())
@@ -165,8 +166,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         &text,
         &serde_json::json!({
             "out": args.out,
-            "matrices": grads.grads.len(),
-            "loss": grads.loss,
+            "matrices": count,
+            "loss": loss,
             "samples": samples.len(),
             "tokens": tokens,
             "gradient_seconds": pass_seconds,

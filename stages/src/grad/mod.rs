@@ -338,11 +338,12 @@ pub fn gradient_pass_autograd(
 }
 
 impl Gradients {
-    /// Tensors by Hugging Face name, for safetensors export.
-    pub fn named(&self) -> BTreeMap<String, Tensor> {
+    /// Tensors by Hugging Face name, for safetensors export, giving up this result's
+    /// references: a writer that consumes the map frees each gradient once written.
+    pub fn into_named(self) -> BTreeMap<String, Tensor> {
         self.grads
-            .iter()
-            .map(|(id, g)| (id.hf_name(), g.clone()))
+            .into_iter()
+            .map(|(id, g)| (id.hf_name(), g))
             .collect()
     }
 }

@@ -352,7 +352,7 @@ impl Weights {
         metadata: &BTreeMap<String, String>,
         dtype: SaveDType,
     ) -> Result<(), ModelError> {
-        save_safetensors(&self.hf_tensors(dtype.dtype())?, metadata, path)
+        save_safetensors(self.hf_tensors(dtype.dtype())?, metadata, path)
     }
 }
 
@@ -500,110 +500,144 @@ pub fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
     ModelConfig::from_gguf(&ct, path)
 }
 
-/// f32 tensors as safetensors bytes with string metadata.
+/// Tensors as safetensors bytes with string metadata. The map is consumed: each tensor
+/// is released as soon as its bytes are in the output, so a model's gigabytes of
+/// gradients are not held twice (pass the only reference to free them).
 pub fn save_safetensors_bytes(
-    tensors: &BTreeMap<String, Tensor>,
+    tensors: BTreeMap<String, Tensor>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, ModelError> {
-    serialize_safetensors(tensors, metadata, Path::new("<memory>"))
-}
-
-/// Writes f32 tensors as safetensors with string metadata, atomically (temp + rename).
-pub fn save_safetensors(
-    tensors: &BTreeMap<String, Tensor>,
-    metadata: &BTreeMap<String, String>,
-    path: &Path,
-) -> Result<(), ModelError> {
-    let bytes = serialize_safetensors(tensors, metadata, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-fn serialize_safetensors(
-    tensors: &BTreeMap<String, Tensor>,
-    metadata: &BTreeMap<String, String>,
-    path: &Path,
-) -> Result<Vec<u8>, ModelError> {
-    // f32, bf16 and f16 are written as they are; anything else as f32. Contiguous CPU
-    // tensors are read in place (a model's gradients are gigabytes: no second copy).
-    let mut converted: Vec<Option<Tensor>> = Vec::with_capacity(tensors.len());
-    for t in tensors.values() {
-        let want = match t.dtype() {
-            DType::BF16 | DType::F16 | DType::F32 => t.dtype(),
-            _ => DType::F32,
-        };
-        let ready = matches!(t.device(), Device::Cpu) && t.dtype() == want && t.is_contiguous();
-        converted.push(if ready {
-            None
-        } else {
-            Some(
-                t.to_dtype(want)
-                    .and_then(|t| t.to_device(&Device::Cpu))
-                    .and_then(|t| t.contiguous())
-                    .map_err(candle_err(path))?,
-            )
-        });
-    }
-    let guards: Vec<_> = tensors
-        .values()
-        .zip(&converted)
-        .map(|(t, c)| {
-            let t = c.as_ref().unwrap_or(t);
-            let (storage, layout) = t.storage_and_layout();
-            (
-                storage,
-                layout.start_offset(),
-                t.elem_count(),
-                t.dims().to_vec(),
-            )
-        })
-        .collect();
-    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
-        Vec::with_capacity(tensors.len());
-    for (name, (storage, start, n, shape)) in tensors.keys().zip(&guards) {
-        let (dtype, bytes): (safetensors::Dtype, &[u8]) = match &**storage {
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => (
-                safetensors::Dtype::F32,
-                bytemuck::cast_slice(&v[*start..*start + *n]),
-            ),
-            candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)) => (
-                safetensors::Dtype::BF16,
-                bytemuck::cast_slice(&v[*start..*start + *n]),
-            ),
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F16(v)) => (
-                safetensors::Dtype::F16,
-                bytemuck::cast_slice(&v[*start..*start + *n]),
-            ),
-            _ => {
-                return Err(ModelError::Format {
-                    path: path.to_path_buf(),
-                    message: format!("tensor {name}: not an f32/bf16/f16 CPU tensor"),
-                })
-            }
-        };
-        let view =
-            safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).map_err(|e| {
-                ModelError::Format {
-                    path: path.to_path_buf(),
-                    message: format!("tensor {name}: {e}"),
-                }
-            })?;
-        views.push((name.clone(), view));
-    }
-    let meta: HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    safetensors::serialize(views, Some(meta))
+    let path = Path::new("<memory>");
+    let views = owned_views(tensors, path)?;
+    safetensors::serialize(views, Some(hash_meta(metadata)))
         .map(canonical_safetensors)
         .map_err(|e| ModelError::Format {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+/// Writes tensors as safetensors with string metadata, atomically (temp + rename),
+/// streaming to the file: no second copy of the data in memory, and each tensor of the
+/// consumed map is released once written.
+pub fn save_safetensors(
+    tensors: BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+    path: &Path,
+) -> Result<(), ModelError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let views = owned_views(tensors, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let format_err = |e: safetensors::SafeTensorError| ModelError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    safetensors::serialize_to_file(views, Some(hash_meta(metadata)), &tmp).map_err(format_err)?;
+    // The header in canonical order, rewritten in place (same length).
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(io_err(&tmp))?;
+    let len = usize::try_from(u64::from_le_bytes(n)).map_err(|_| ModelError::Format {
+        path: tmp.clone(),
+        message: "header length does not fit in memory".into(),
+    })?;
+    let mut head = vec![0u8; 8 + len];
+    head[..8].copy_from_slice(&n);
+    f.read_exact(&mut head[8..]).map_err(io_err(&tmp))?;
+    let head = canonical_safetensors(head);
+    f.seek(SeekFrom::Start(0)).map_err(io_err(&tmp))?;
+    f.write_all(&head).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn hash_meta(metadata: &BTreeMap<String, String>) -> HashMap<String, String> {
+    metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// One tensor for `safetensors::serialize`, which consumes its views in order: the
+/// tensor is dropped (and, if this was its last reference, freed) once its bytes are
+/// written. f32, bf16 and f16 are written as they are; anything else as f32.
+struct OwnedView {
+    tensor: Tensor,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+}
+
+fn owned_views(
+    tensors: BTreeMap<String, Tensor>,
+    path: &Path,
+) -> Result<Vec<(String, OwnedView)>, ModelError> {
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (want, dtype) = match t.dtype() {
+            DType::BF16 => (DType::BF16, safetensors::Dtype::BF16),
+            DType::F16 => (DType::F16, safetensors::Dtype::F16),
+            _ => (DType::F32, safetensors::Dtype::F32),
+        };
+        let ready = matches!(t.device(), Device::Cpu) && t.dtype() == want && t.is_contiguous();
+        let tensor = if ready {
+            t
+        } else {
+            t.to_dtype(want)
+                .and_then(|t| t.to_device(&Device::Cpu))
+                .and_then(|t| t.contiguous())
+                .map_err(candle_err(path))?
+        };
+        let shape = tensor.dims().to_vec();
+        views.push((
+            name,
+            OwnedView {
+                tensor,
+                dtype,
+                shape,
+            },
+        ));
+    }
+    Ok(views)
+}
+
+impl safetensors::View for OwnedView {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        // One tensor's bytes at a time (the storage is behind a lock guard that cannot
+        // outlive this call); `owned_views` made it a contiguous CPU tensor of `dtype`.
+        let (storage, layout) = self.tensor.storage_and_layout();
+        let (start, n) = (layout.start_offset(), self.tensor.elem_count());
+        let bytes: Vec<u8> = match &*storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+                bytemuck::cast_slice(&v[start..start + n]).to_vec()
+            }
+            candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
+                bytemuck::cast_slice(&v[start..start + n]).to_vec()
+            }
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F16(v)) => {
+                bytemuck::cast_slice(&v[start..start + n]).to_vec()
+            }
+            // Unreachable: owned_views converted every tensor.
+            _ => Vec::new(),
+        };
+        std::borrow::Cow::Owned(bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.elem_count() * self.tensor.dtype().size_in_bytes()
+    }
 }
 
 /// Rewrites a safetensors file's JSON header with its keys sorted, so the same tensors
@@ -656,11 +690,19 @@ mod tests {
             .map(|i| (format!("key{i}"), format!("value {i}")))
             .collect();
         let p = Path::new("x.safetensors");
-        let first = serialize_safetensors(&tensors, &meta, p).unwrap();
+        let first = save_safetensors_bytes(tensors.clone(), &meta).unwrap();
         // Each HashMap gets new random keys: 20 tries would show any order dependence.
         for _ in 0..20 {
-            assert_eq!(serialize_safetensors(&tensors, &meta, p).unwrap(), first);
+            assert_eq!(
+                save_safetensors_bytes(tensors.clone(), &meta).unwrap(),
+                first
+            );
         }
+        // The streamed file holds the same bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.safetensors");
+        save_safetensors(tensors, &meta, &file).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), first);
         let back = parse_safetensors(&first, p).unwrap();
         assert_eq!(back.len(), 2);
         let st = safetensors::SafeTensors::deserialize(&first).unwrap();
@@ -679,7 +721,7 @@ mod tests {
             (DType::F64, safetensors::Dtype::F32),
         ] {
             let tensors = BTreeMap::from([("x".to_string(), t.to_dtype(dtype).unwrap())]);
-            let bytes = serialize_safetensors(&tensors, &BTreeMap::new(), p).unwrap();
+            let bytes = save_safetensors_bytes(tensors, &BTreeMap::new()).unwrap();
             let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
             assert_eq!(st.tensor("x").unwrap().dtype(), st_dtype);
             let back = parse_safetensors(&bytes, p).unwrap();
