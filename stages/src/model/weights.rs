@@ -572,7 +572,6 @@ fn hash_meta(metadata: &BTreeMap<String, String>) -> HashMap<String, String> {
 struct OwnedView {
     tensor: Tensor,
     dtype: safetensors::Dtype,
-    shape: Vec<usize>,
 }
 
 fn owned_views(
@@ -595,15 +594,7 @@ fn owned_views(
                 .and_then(|t| t.contiguous())
                 .map_err(candle_err(path))?
         };
-        let shape = tensor.dims().to_vec();
-        views.push((
-            name,
-            OwnedView {
-                tensor,
-                dtype,
-                shape,
-            },
-        ));
+        views.push((name, OwnedView { tensor, dtype }));
     }
     Ok(views)
 }
@@ -613,7 +604,7 @@ impl safetensors::View for OwnedView {
         self.dtype
     }
     fn shape(&self) -> &[usize] {
-        &self.shape
+        self.tensor.dims()
     }
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
         // One tensor's bytes at a time (the storage is behind a lock guard that cannot
