@@ -8,6 +8,11 @@
 //! fails, naming the stage and both digests, when a computed (or cached) output differs
 //! from the lock, and when the pipeline asks for stage instances the lock does not
 //! have (or no longer asks for some it has). A frozen run never writes the lock.
+//!
+//! A plain run writes the lock when there is none, or when its stage instances differ
+//! from the lock's (the pipeline or its inputs changed). When the same stage instances
+//! gave other bytes ([`LockChange::Outputs`]: this machine does not reproduce the lock),
+//! the lock is left as it was and the run says so; `c2i run --update-lock` replaces it.
 
 use crate::action::{environment, Action, DeviceSpec};
 use crate::EngineError;
@@ -226,6 +231,78 @@ impl LockBook {
     }
 }
 
+/// How a complete run's lock compares with the one already beside the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockChange {
+    /// The same lock: nothing to write.
+    Same,
+    /// Other stage instances (a parameter, an input, the environment or c2i changed):
+    /// the new lock replaces the old.
+    Inputs,
+    /// A stage instance with the same key gave other bytes here (another CPU or
+    /// library, or a non-reproducible stage), or the same stages exported other files:
+    /// the first difference, said.
+    Outputs(String),
+}
+
+/// Compares the lock `old` with a run's lock `new` (see [`LockChange`]).
+pub fn compare(old: &Lock, new: &Lock) -> LockChange {
+    if old == new {
+        return LockChange::Same;
+    }
+    let old_by_key: BTreeMap<&str, &LockedStage> =
+        old.stages.iter().map(|s| (s.key.as_str(), s)).collect();
+    for s in &new.stages {
+        if let Some(o) = old_by_key.get(s.key.as_str()) {
+            let names: BTreeSet<&String> = o.outputs.keys().chain(s.outputs.keys()).collect();
+            for n in names {
+                let (was, now) = (o.outputs.get(n), s.outputs.get(n));
+                if was != now {
+                    return LockChange::Outputs(format!(
+                        "{} {} (key {}): output `{n}` is {} here, the lock has {}",
+                        s.stage,
+                        s.instance,
+                        &s.key[..s.key.len().min(12)],
+                        now.map_or("missing", |d| &d[..d.len().min(12)]),
+                        was.map_or("none", |d| &d[..d.len().min(12)]),
+                    ));
+                }
+            }
+        }
+    }
+    let keys = |l: &Lock| {
+        l.stages
+            .iter()
+            .map(|s| s.key.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    if old.c2i == new.c2i && old.environment == new.environment && keys(old) == keys(new) {
+        if let Some((n, now)) = new
+            .export
+            .iter()
+            .find(|(n, d)| old.export.get(*n) != Some(d))
+        {
+            return LockChange::Outputs(format!(
+                "exported {n} is {} here, the lock has {}",
+                &now[..now.len().min(12)],
+                old.export.get(n).map_or("none", |d| &d[..d.len().min(12)])
+            ));
+        }
+        if let Some(n) = old.export.keys().find(|n| !new.export.contains_key(*n)) {
+            return LockChange::Outputs(format!("{n} is no longer exported"));
+        }
+    }
+    LockChange::Inputs
+}
+
+/// Reads a lock file; `None` when there is none or it is not a lock this c2i reads.
+pub fn read(path: &Path) -> Option<Lock> {
+    let text = std::fs::read_to_string(path).ok()?;
+    toml::from_str::<Lock>(&text)
+        .ok()
+        .filter(|l| l.format == LOCK_FORMAT)
+}
+
 /// Writes a lock file (atomically).
 pub fn write(path: &Path, lock: &Lock) -> Result<(), EngineError> {
     let text = toml::to_string(lock)
@@ -233,4 +310,73 @@ pub fn write(path: &Path, lock: &Lock) -> Result<(), EngineError> {
     let header = "# Written by `c2i run`: the stage instances of the last complete run and their \
                   output digests.\n# `c2i run --frozen` fails when a run's outputs differ from it.\n";
     crate::runner::write_atomic(path, format!("{header}{text}").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(stage: &str, key: &str, out: &str) -> LockedStage {
+        LockedStage {
+            stage: stage.into(),
+            instance: "all".into(),
+            key: key.into(),
+            outputs: BTreeMap::from([("out".to_string(), out.to_string())]),
+        }
+    }
+
+    fn lock(stages: Vec<LockedStage>, export: &str) -> Lock {
+        Lock {
+            format: LOCK_FORMAT,
+            c2i: "0.1.0".into(),
+            environment: BTreeMap::new(),
+            stages,
+            export: BTreeMap::from([("model/model.safetensors".to_string(), export.into())]),
+        }
+    }
+
+    #[test]
+    fn a_lock_is_replaced_when_its_inputs_change_and_kept_when_its_outputs_do() {
+        let old = lock(
+            vec![
+                stage("gradients", "k1", "g1"),
+                stage("sv-grads", "k2", "s1"),
+            ],
+            "e1",
+        );
+        assert_eq!(compare(&old, &old.clone()), LockChange::Same);
+        // Same gradient key, other bytes (another CPU): the sv-grads' key follows the
+        // gradients' digest, but the first difference is an output.
+        let other_cpu = lock(
+            vec![
+                stage("gradients", "k1", "g2"),
+                stage("sv-grads", "k3", "s2"),
+            ],
+            "e1",
+        );
+        match compare(&old, &other_cpu) {
+            LockChange::Outputs(why) => {
+                assert!(why.contains("gradients") && why.contains("g2"), "{why}")
+            }
+            c => panic!("{c:?}"),
+        }
+        // Same stages, another export.
+        match compare(&old, &lock(old.stages.clone(), "e2")) {
+            LockChange::Outputs(why) => assert!(why.contains("model.safetensors"), "{why}"),
+            c => panic!("{c:?}"),
+        }
+        // A parameter changed: other keys, no shared key with other bytes.
+        let edited = lock(
+            vec![
+                stage("gradients", "k9", "g9"),
+                stage("sv-grads", "k8", "s8"),
+            ],
+            "e9",
+        );
+        assert_eq!(compare(&old, &edited), LockChange::Inputs);
+        let mut newer = old.clone();
+        newer.c2i = "0.2.0".into();
+        newer.export.clear();
+        assert_eq!(compare(&old, &newer), LockChange::Inputs);
+    }
 }

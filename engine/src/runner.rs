@@ -21,7 +21,7 @@ use c2i_cache::ActionEntry;
 use c2i_stages::assets;
 use c2i_stages::data::split::{sample_with, selection_samples_with, Split};
 use c2i_stages::data::Answer;
-use c2i_stages::data::{Format, Task};
+use c2i_stages::data::Task;
 use c2i_stages::eval::evaluator::{credit, summarize, SampleRecord, Shape};
 use c2i_stages::eval::metrics::{select_best, SelectionScore};
 use c2i_stages::eval::race::{self, Racing, RowOutcome};
@@ -169,8 +169,9 @@ pub fn resolve_model(path: &str) -> Result<PathBuf, EngineError> {
     Ok(p)
 }
 
-/// The data file: `data.path`, else the task file's `path`, else (a
-/// `format = "bigbench"` task) the task's `task.json` from the `bigbench` package.
+/// The data file: `data.path`, else the task file's `path`, else the task's default
+/// rows ([`c2i_stages::data::default_rows`]: a built-in task's shipped file, or a
+/// BIG-bench task's `task.json` under `$C2I_BIGBENCH_DIR`).
 pub fn resolve_data(p: &Pipeline) -> Result<PathBuf, EngineError> {
     resolve_task_data(&p.task, p.spec.data.path.as_deref(), &p.file, "data.path")
 }
@@ -186,17 +187,17 @@ pub fn resolve_task_data(
     let (path, origin, field) = match (explicit, &task.path) {
         (Some(p), _) => (p.to_path_buf(), origin.to_path_buf(), field),
         (None, Some(p)) => (p.clone(), task.origin.clone(), "path"),
-        (None, None) if task.format == Some(Format::Bigbench) => {
-            return Ok(c2i_stages::data::bigbench_package_file(task)?)
-        }
-        (None, None) => {
-            return Err(EngineError::Invalid(format!(
-                "{}: field `{field}`: missing: task `{}` names no rows (give `{field}`, or \
-                 `path` in the task file)",
-                origin.display(),
-                task.name()
-            )))
-        }
+        (None, None) => match c2i_stages::data::default_rows(task)? {
+            Some(p) => return Ok(p),
+            None => {
+                return Err(EngineError::Invalid(format!(
+                    "{}: field `{field}`: missing: task `{}` names no rows (give `{field}`, or \
+                     `path` in the task file)",
+                    origin.display(),
+                    task.name()
+                )))
+            }
+        },
     };
     if !path.exists() {
         return Err(EngineError::Invalid(format!(

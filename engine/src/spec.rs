@@ -67,11 +67,13 @@ pub struct ModelSpec {
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     /// A built-in task (`epistemic_reasoning`, `qa_wikidata`, `fever`, `truthfulqa`,
-    /// `hotpotqa`) or the path of a task file, relative to the pipeline file.
+    /// `hotpotqa`, `bbh_<task>` for 24 BIG-Bench-Hard tasks) or the path of a task file,
+    /// relative to the pipeline file.
     pub task: String,
-    /// The rows (JSONL, CSV, Parquet, or a BigBench task.json). When left out, the
-    /// task file's own `path`; for a `format = "bigbench"` task without one, the
-    /// task's `task.json` from the `bigbench` package (fetched on first use).
+    /// The rows (JSONL, CSV, Parquet, a BigBench task.json or a BIG-Bench-Hard file).
+    /// When left out, the task file's own `path`; for a built-in task, its rows as
+    /// shipped with c2i; for another `format = "bigbench"` task, its `task.json` in the
+    /// BIG-bench checkout `$C2I_BIGBENCH_DIR` names.
     #[serde(default)]
     pub path: Option<PathBuf>,
     #[serde(default = "default_calibration")]
@@ -778,13 +780,16 @@ impl Pipeline {
             path: file.to_path_buf(),
             source,
         })?;
-        if spec.data.path.is_none() && task.path.is_none() && task.format != Some(Format::Bigbench)
+        if spec.data.path.is_none()
+            && task.path.is_none()
+            && task.bundled().is_none()
+            && task.format != Some(Format::Bigbench)
         {
             return Err(bad(
                 "data.path",
-                "the rows' file (JSONL, CSV, Parquet or a BigBench task.json): the task file \
-                 names none, and only a format = \"bigbench\" task is fetched from the \
-                 bigbench package",
+                "the rows' file (JSONL, CSV, Parquet, a BigBench task.json or a BIG-Bench-Hard \
+                 file): the task file names none, and it is not a built-in task, whose rows \
+                 ship with c2i",
             ));
         }
         Ok(Pipeline {

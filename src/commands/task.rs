@@ -24,10 +24,11 @@ pub enum Cmd {
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    /// A task file (.toml), or a built-in task's name.
+    /// A task file (.toml), or a built-in task's name (`epistemic_reasoning`,
+    /// `bbh_navigate`, ...).
     pub task: String,
-    /// The rows; default: the task file's `path`, or for a `format = "bigbench"` task
-    /// its task.json from the bigbench package.
+    /// The rows; default: the task file's `path`, a built-in task's shipped rows, or
+    /// for another `format = "bigbench"` task its task.json under $C2I_BIGBENCH_DIR.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Also wrap the first prompt in this model's chat template (for `chat = true`):

@@ -18,7 +18,7 @@
 //!   `fever`, `truthfulqa`, `hotpotqa`; `classification` / `generation` select a kind);
 //! - `--micro-batch N`: samples per forward (default 16).
 //!
-//! Data: `$C2I_SHARED_DATASETS`, else `CARGO_MANIFEST_DIR/../../shared/datasets`.
+//! Data: the repository's `data/` (the built-in tasks' shipped files).
 //! Model: `$C2I_SMOLLM2_GGUF`, else the fetched asset.
 
 use c2i_stages::data::{
@@ -92,10 +92,9 @@ fn builtins() -> Vec<Task> {
     Task::builtin_names().filter_map(Task::builtin).collect()
 }
 
-fn shared_datasets() -> PathBuf {
-    std::env::var_os("C2I_SHARED_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets"))
+/// The data sets shipped in the repository (`data/`).
+fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data")
 }
 
 fn model_path() -> Res<PathBuf> {
@@ -150,7 +149,7 @@ fn main() -> Res<()> {
         micro_batch: args.micro_batch,
         ..EvalOptions::default()
     };
-    let root = shared_datasets();
+    let root = data_dir();
     println!(
         "model: {} (eos {eos:?}); data: {}",
         path.display(),
@@ -162,7 +161,7 @@ fn main() -> Res<()> {
     std::io::stdout().flush()?;
     let mut total = 0f64;
     for task in &args.tasks {
-        let file = root.join(task.laser_file().ok_or("not a built-in task")?);
+        let file = root.join(task.bundled().ok_or("not a built-in task")?.name);
         let all = load(task, &file)?;
         let mut parts: Vec<(String, Vec<usize>)> = Vec::new();
         if args.selection {

@@ -82,7 +82,7 @@ fn main() -> Res<()> {
     let mut compare = false;
     let mut check_f64 = false;
     let mut data_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/datasets/bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl");
+        .join("../data/bigbench/epistemic_reasoning/task.json");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));

@@ -624,7 +624,9 @@ fn malformed_pipeline_and_missing_files_are_named() {
 #[test]
 fn a_jsonl_line_that_is_not_json_names_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let text_in = std::fs::read_to_string(data_file()).unwrap();
+    // The epistemic rows in LASER's order as JSON lines (what build_laser_format.py writes).
+    let rows = c2i_stages::data::bigbench::read_laser_rows(&data_file()).unwrap();
+    let text_in = c2i_stages::data::bigbench::to_jsonl(&rows);
     let mut lines: Vec<&str> = text_in.lines().take(200).collect();
     lines[6] = "{\"inputs\": \"an unterminated string";
     let data = tmp.path().join("laser_epistemic_reasoning.jsonl");

@@ -5,6 +5,7 @@ mod engine_cache;
 mod executors;
 mod export_model;
 mod faults;
+mod newcomer;
 mod remote_cache;
 mod study;
 mod support;

@@ -729,6 +729,35 @@ fn lock_files_do_not_depend_on_the_thread_count_and_frozen_runs_check_them() {
     for s in ["--frozen", "factors model.layers.", &digest, &forged] {
         assert!(err.contains(s), "the error does not say `{s}`:\n{err}");
     }
+    // A plain run on a machine whose bytes differ from the lock (here: the forged
+    // digest) leaves the lock as it was and says which output differs, so running a
+    // shipped pipeline never dirties a clone silently; --update-lock replaces it.
+    let forged_lock = std::fs::read_to_string(&lock_path).unwrap();
+    let o = ok(
+        run(&p, &cache, &[]),
+        "plain run against a lock of other bytes",
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), forged_lock);
+    for s in [
+        "left as it was",
+        "computed other bytes",
+        &forged[..12],
+        "--update-lock",
+    ] {
+        assert!(said.contains(s), "the run does not say `{s}`:\n{said}");
+    }
+    let o = ok(run(&p, &cache, &["--update-lock"]), "--update-lock run");
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), lock);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("replaced"));
+    // An unchanged run leaves the file alone (not even rewritten).
+    let mtime = std::fs::metadata(&lock_path).unwrap().modified().unwrap();
+    let o = ok(run(&p, &cache, &[]), "unchanged run");
+    assert_eq!(
+        std::fs::metadata(&lock_path).unwrap().modified().unwrap(),
+        mtime
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("matches this run"));
     // A pipeline that no longer matches the lock fails before computing anything.
     std::fs::write(&lock_path, &lock).unwrap();
     let out = run(&p, &cache, &["--frozen", "--set", "search.keep=[0.2]"])

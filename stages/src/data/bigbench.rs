@@ -24,10 +24,11 @@
 //! 5. `inputs = (task_prefix + input).strip()`, `targets = [t.strip() ...]`;
 //! 6. LASER's order: validation rows, then train rows ([`laser_rows`]).
 //!
-//! For the shared files the result equals `../shared/datasets/bigbench_*/laser_*.jsonl`
-//! row for row (tested in `stages/tests/real/data_real.rs`; WikidataQA keeps only rows
-//! with exactly one target, as LASER does), and [`to_jsonl`] writes those rows byte
-//! for byte as `build_laser_format.py` does (`json.dumps(row, ensure_ascii=False)`).
+//! For the shipped task.json files (`data/bigbench/`) [`to_jsonl`] writes the rows byte
+//! for byte as `data/derivation/build_laser_format.py` does
+//! (`json.dumps(row, ensure_ascii=False)`; WikidataQA keeps only rows with exactly one
+//! target, as LASER does): tested against that file's sha256 in
+//! `stages/tests/real/data_real.rs`.
 
 use super::error::DataError;
 use super::pyjson::{write_str, PyJson};

@@ -10,10 +10,11 @@
 //! LASER's selection / held-out split and the seeded, disjoint calibration and
 //! evaluation samples.
 //!
-//! The five data sets of the LASER paper that can be obtained here are built-in task
-//! files (`tasks/*.toml`, [`Task::builtin`]); their prompts are LASER's, byte for
-//! byte (pratyushasharma/laser @ d391375, `src/dataset_utils/*.py` and
-//! `src/intervention_*.py`), written with template filters.
+//! The five data sets of the LASER paper that can be obtained here, and 24
+//! BIG-Bench-Hard tasks, are built-in task files (`tasks/*.toml`, `tasks/bbh/*.toml`,
+//! [`Task::builtin`]) whose rows ship with c2i ([`bundled`]); the LASER tasks' prompts
+//! are LASER's, byte for byte (pratyushasharma/laser @ d391375,
+//! `src/dataset_utils/*.py` and `src/intervention_*.py`), written with template filters.
 //!
 //! # Answers
 //!
@@ -26,6 +27,7 @@
 //!   LASER does); an empty target is an error (it would match every generation).
 
 pub mod bigbench;
+pub mod bundled;
 pub mod chat;
 pub mod error;
 pub mod pyjson;
@@ -216,21 +218,66 @@ fn is_jsonl_path(path: &Path) -> bool {
     matches!(Format::from_extension(path), Some(Format::Jsonl))
 }
 
-/// Where the rows of a task with `format = "bigbench"` and no path come from: the
-/// `bigbench` package's `benchmark_tasks/<name>[/<subtask>]/task.json`.
-pub fn bigbench_package_file(task: &Task) -> Result<PathBuf, DataError> {
-    crate::assets::bigbench_task_json(task.name(), task.subtask.as_deref()).map_err(|e| {
-        DataError::File {
-            path: task.origin.clone(),
-            message: format!(
-                "task `{}`{}: the bigbench package: {e}",
-                task.name(),
-                task.subtask
-                    .as_ref()
-                    .map(|s| format!(" (subtask `{s}`)"))
-                    .unwrap_or_default()
-            ),
-        }
+/// The environment variable naming a BIG-bench checkout (the folder holding
+/// `bigbench/benchmark_tasks/`, or that `benchmark_tasks/` folder itself).
+pub const BIGBENCH_DIR_VAR: &str = "C2I_BIGBENCH_DIR";
+
+/// Where a task's rows come from when neither the pipeline nor the task file names
+/// them: a built-in task's shipped file ([`bundled`], written to `$C2I_HOME/data` on
+/// first use), or for any other `format = "bigbench"` task its `task.json` in the
+/// BIG-bench checkout `$C2I_BIGBENCH_DIR` names ([`bigbench_task_json`]). `None`: the
+/// task has no default rows.
+pub fn default_rows(task: &Task) -> Result<Option<PathBuf>, DataError> {
+    if let Some(b) = task.bundled() {
+        return b.materialize().map(Some);
+    }
+    if task.format == Some(Format::Bigbench) {
+        let dir = std::env::var_os(BIGBENCH_DIR_VAR).filter(|v| !v.is_empty());
+        return bigbench_task_json(task, dir.as_deref().map(Path::new)).map(Some);
+    }
+    Ok(None)
+}
+
+/// A BIG-bench task's `task.json` (`benchmark_tasks/<name>[/<subtask>]/task.json`) in
+/// the checkout `dir`; the error says where c2i looked and how to get the file.
+pub fn bigbench_task_json(task: &Task, dir: Option<&Path>) -> Result<PathBuf, DataError> {
+    let mut rel = PathBuf::from("benchmark_tasks").join(task.name());
+    if let Some(s) = &task.subtask {
+        rel.push(s);
+    }
+    rel.push("task.json");
+    let tried: Vec<PathBuf> = dir
+        .map(|d| vec![d.join("bigbench").join(&rel), d.join(&rel)])
+        .unwrap_or_default();
+    if let Some(found) = tried.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let looked = match dir {
+        Some(_) => format!(
+            "looked in {} (from ${BIGBENCH_DIR_VAR})",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
+        None => format!("${BIGBENCH_DIR_VAR} is not set, so c2i had nowhere to look"),
+    };
+    Err(DataError::File {
+        path: task.origin.clone(),
+        message: format!(
+            "task `{}`{}: no BIG-bench task.json: {looked}. c2i ships the data of its \
+             built-in tasks (BIG-bench's epistemic_reasoning and qa_wikidata, and 24 \
+             BIG-Bench-Hard tasks as bbh_<task>), but not the rest of BIG-bench, \
+             whose `bigbench==1.0.0` package the package registry no longer serves. Clone \
+             the BIG-bench repository (google/BIG-bench) and set {BIGBENCH_DIR_VAR} to the \
+             clone, or give the file's path as `data.path` (or `path` in the task file)",
+            task.name(),
+            task.subtask
+                .as_ref()
+                .map(|s| format!(" (subtask `{s}`)"))
+                .unwrap_or_default(),
+        ),
     })
 }
 
@@ -256,6 +303,7 @@ pub fn read_rows(task: &Task, path: &Path) -> Result<(Format, Vec<Row>, Vec<Skip
         // The LASER-order rebuild written as JSON lines reads as JSON lines.
         Format::Bigbench if is_jsonl_path(path) => (rows::read_jsonl(path)?, Vec::new()),
         Format::Bigbench => rows::read_bigbench(path, task.kind, task.multiple_targets)?,
+        Format::Bbh => rows::read_bbh(path)?,
     };
     Ok((format, rows, skipped))
 }

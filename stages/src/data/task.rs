@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! name = "claims"
-//! format = "jsonl"            # jsonl | csv | parquet | bigbench; from the rows' extension when absent
+//! format = "jsonl"            # jsonl | csv | parquet | bigbench | bbh; from the rows' extension when absent
 //! kind = "choice"             # choice | generate
 //! prompt = "Consider the following claim: {claim}. Is this claim true or false. The claim is"
 //! answer_prefix = " "
@@ -19,8 +19,9 @@
 //! not change it, and any change of meaning (a prompt, a choice) does. Stages that
 //! read the task put the digest in their keys.
 //!
-//! The five built-in tasks are task files under `tasks/` compiled in
-//! ([`Task::builtin`]); `[data] task` takes one of their names or a path.
+//! The built-in tasks (LASER's five data sets and 24 BIG-Bench-Hard tasks) are task
+//! files under `tasks/` compiled in with their data ([`Task::builtin`],
+//! [`super::bundled`]); `[data] task` takes one of their names or a path.
 
 use super::error::DataError;
 use super::template::Template;
@@ -42,14 +43,18 @@ pub enum Format {
     /// A BIG-bench `task.json` (rows in LASER's order), or that rebuild written as
     /// JSON lines (`{"inputs", "target", "split"}`).
     Bigbench,
+    /// A BIG-Bench-Hard file: `{"examples": [{"input", "target"}]}` in file order, each
+    /// row with the options its input lists ([`super::rows::read_bbh`]).
+    Bbh,
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [
+    pub const ALL: [Format; 5] = [
         Format::Jsonl,
         Format::Csv,
         Format::Parquet,
         Format::Bigbench,
+        Format::Bbh,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +63,7 @@ impl Format {
             Format::Csv => "csv",
             Format::Parquet => "parquet",
             Format::Bigbench => "bigbench",
+            Format::Bbh => "bbh",
         }
     }
 
@@ -100,6 +106,10 @@ pub enum Match {
     Exact,
     /// SQuAD's token F1 (the row's score is the F1, not 0/1).
     TokenF1,
+    /// The continuation equals the target as text: both stripped and every run of
+    /// whitespace made one space, case and punctuation kept (BIG-Bench-Hard's exact
+    /// match, for answers such as `) ]` or `-35` that SQuAD's normalization erases).
+    Text,
 }
 
 impl Match {
@@ -108,6 +118,7 @@ impl Match {
             Match::Substring => "substring",
             Match::Exact => "exact",
             Match::TokenF1 => "token_f1",
+            Match::Text => "text",
         }
     }
 }
@@ -217,36 +228,89 @@ pub enum TaskKind {
     Generation,
 }
 
-/// The built-in task files (`tasks/*.toml`), compiled in: name, text, and where the
-/// team's copy of the data set in LASER's order lies under a `datasets/` directory
-/// laid out like `../shared/datasets/` (for tests, examples and `export-grads`).
-pub const BUILTIN: [(&str, &str, &str); 5] = [
-    (
-        "epistemic_reasoning",
-        include_str!("../../../tasks/epistemic_reasoning.toml"),
-        "bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl",
-    ),
-    (
-        "qa_wikidata",
-        include_str!("../../../tasks/qa_wikidata.toml"),
-        "bigbench_qa_wikidata/laser_qa_wikidata.jsonl",
-    ),
-    (
-        "fever",
-        include_str!("../../../tasks/fever.toml"),
-        "fever/laser_fever.jsonl",
-    ),
-    (
-        "truthfulqa",
-        include_str!("../../../tasks/truthfulqa.toml"),
-        "truthfulqa/laser_truthfulqa_pointwise.jsonl",
-    ),
-    (
-        "hotpotqa",
-        include_str!("../../../tasks/hotpotqa.toml"),
-        "hotpotqa/laser_hotpot_unfiltered.jsonl",
-    ),
+/// A built-in task: a task file under `tasks/` compiled in, and the shipped data file
+/// ([`super::bundled`]) it reads when the pipeline names no other.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    /// The name `[data] task` gives, which is also the task file's `name`.
+    pub name: &'static str,
+    /// The task file's text.
+    pub text: &'static str,
+    /// Its rows: a path under `data/`.
+    pub data: &'static str,
+}
+
+macro_rules! bbh {
+    ($($task:literal),* $(,)?) => {
+        [$(Builtin {
+            name: concat!("bbh_", $task),
+            text: include_str!(concat!("../../../tasks/bbh/", $task, ".toml")),
+            data: concat!("bbh/", $task, ".json"),
+        }),*]
+    };
+}
+
+/// The five LASER data sets that can be had, then the 24 BIG-Bench-Hard tasks.
+const LASER_BUILTIN: [Builtin; 5] = [
+    Builtin {
+        name: "epistemic_reasoning",
+        text: include_str!("../../../tasks/epistemic_reasoning.toml"),
+        data: "bigbench/epistemic_reasoning/task.json",
+    },
+    Builtin {
+        name: "qa_wikidata",
+        text: include_str!("../../../tasks/qa_wikidata.toml"),
+        data: "bigbench/qa_wikidata/task.json",
+    },
+    Builtin {
+        name: "fever",
+        text: include_str!("../../../tasks/fever.toml"),
+        data: "fever/laser_fever.jsonl",
+    },
+    Builtin {
+        name: "truthfulqa",
+        text: include_str!("../../../tasks/truthfulqa.toml"),
+        data: "truthfulqa/laser_truthfulqa_pointwise.jsonl",
+    },
+    Builtin {
+        name: "hotpotqa",
+        text: include_str!("../../../tasks/hotpotqa.toml"),
+        data: "hotpotqa/laser_hotpot_unfiltered.jsonl",
+    },
 ];
+
+/// BIG-Bench-Hard (`tasks/bbh/*.toml`, named `bbh_<task>`).
+const BBH_BUILTIN: [Builtin; 24] = bbh!(
+    "boolean_expressions",
+    "disambiguation_qa",
+    "dyck_languages",
+    "geometric_shapes",
+    "hyperbaton",
+    "logical_deduction_five_objects",
+    "logical_deduction_seven_objects",
+    "logical_deduction_three_objects",
+    "movie_recommendation",
+    "multistep_arithmetic_two",
+    "navigate",
+    "object_counting",
+    "penguins_in_a_table",
+    "reasoning_about_colored_objects",
+    "ruin_names",
+    "salient_translation_error_detection",
+    "snarks",
+    "sports_understanding",
+    "temporal_sequences",
+    "tracking_shuffled_objects_five_objects",
+    "tracking_shuffled_objects_seven_objects",
+    "tracking_shuffled_objects_three_objects",
+    "web_of_lies",
+    "word_sorting",
+);
+
+/// Every built-in task.
+pub fn builtins() -> impl Iterator<Item = &'static Builtin> {
+    LASER_BUILTIN.iter().chain(BBH_BUILTIN.iter())
+}
 
 /// The raw keys of a task file, as TOML gives them.
 #[derive(Debug, Deserialize)]
@@ -346,7 +410,7 @@ impl Task {
             Some(f) => Some(Format::parse(f).ok_or_else(|| {
                 bad(
                     "format",
-                    format!("unknown format `{f}`: expected jsonl, csv, parquet or bigbench"),
+                    format!("unknown format `{f}`: expected jsonl, csv, parquet, bigbench or bbh"),
                 )
             })?),
         };
@@ -451,10 +515,13 @@ impl Task {
                     None | Some("substring") => Match::Substring,
                     Some("exact") => Match::Exact,
                     Some("token_f1") => Match::TokenF1,
+                    Some("text") => Match::Text,
                     Some(m) => {
                         return Err(bad(
                             "match",
-                            format!("unknown match `{m}`: expected substring, exact or token_f1"),
+                            format!(
+                                "unknown match `{m}`: expected substring, exact, token_f1 or text"
+                            ),
                         ))
                     }
                 };
@@ -554,39 +621,50 @@ impl Task {
         Task::parse(&text, path)
     }
 
-    /// A built-in task by name.
+    /// A built-in task by name. Its rows are the shipped file ([`Task::bundled`]): the
+    /// `path` its file under `tasks/` names (the same bytes in the repository) is dropped.
     pub fn builtin(name: &str) -> Option<Task> {
-        BUILTIN
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(n, text, _)| {
-                Task::parse(text, &PathBuf::from(format!("builtin:{n}")))
-                    .unwrap_or_else(|e| unreachable!("built-in task {n} is invalid: {e}"))
-            })
+        builtins().find(|b| b.name == name).map(|b| {
+            let t = Task::parse(b.text, &PathBuf::from(format!("builtin:{}", b.name)))
+                .unwrap_or_else(|e| unreachable!("built-in task {} is invalid: {e}", b.name));
+            let mut def = TaskDef::clone(&t.def);
+            def.path = None;
+            Task::from_def(def)
+        })
     }
 
     /// The names of the built-in tasks.
     pub fn builtin_names() -> impl Iterator<Item = &'static str> {
-        BUILTIN.iter().map(|(n, _, _)| *n)
+        builtins().map(|b| b.name)
     }
 
-    /// For a built-in task: its data set in LASER's order, relative to a directory laid
-    /// out like `../shared/datasets/`.
-    pub fn laser_file(&self) -> Option<&'static str> {
-        let builtin = format!("builtin:{}", self.def.name);
-        (self.def.origin == Path::new(&builtin))
-            .then(|| BUILTIN.iter().find(|(n, _, _)| *n == self.def.name))
-            .flatten()
-            .map(|(_, _, f)| *f)
+    /// For a built-in task: the shipped data file it reads.
+    pub fn bundled(&self) -> Option<&'static super::bundled::Bundled> {
+        let name = self.def.origin.to_str()?.strip_prefix("builtin:")?;
+        let b = builtins().find(|b| b.name == name && b.name == self.def.name)?;
+        super::bundled::find(b.data)
     }
 
-    /// The built-in task whose LASER file name `path` has (`laser_fever.jsonl`).
+    /// The built-in task whose shipped file `path` is: a path ending in that file's
+    /// place under `data/` (`.../bigbench/qa_wikidata/task.json`), a file name only one
+    /// built-in task's file has (`laser_fever.jsonl`), or its LASER-ordered rebuild's
+    /// name (`laser_qa_wikidata.jsonl`).
     pub fn builtin_for_file(path: &Path) -> Option<Task> {
-        let name = path.file_name()?.to_str()?;
-        BUILTIN
-            .iter()
-            .find(|(_, _, f)| f.rsplit('/').next() == Some(name))
-            .and_then(|(n, _, _)| Task::builtin(n))
+        let by_suffix = builtins().find(|b| path.ends_with(b.data));
+        let by_name = || {
+            let name = path.file_name()?;
+            let mut same = builtins().filter(|b| {
+                Path::new(b.data).file_name() == Some(name)
+                    || name.to_str() == Some(&format!("laser_{}.jsonl", b.name))
+            });
+            match (same.next(), same.next()) {
+                (Some(b), None) => Some(b),
+                _ => None,
+            }
+        };
+        by_suffix
+            .or_else(by_name)
+            .and_then(|b| Task::builtin(b.name))
     }
 
     /// `[data] task`: a built-in name, or a task file's path (relative to `base`).
@@ -736,7 +814,7 @@ mod tests {
             .map(|n| Task::builtin(n).unwrap())
             .collect();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tasks");
-        for sub in ["examples", "bigbench"] {
+        for sub in [".", "examples", "bbh"] {
             let mut files: Vec<_> = std::fs::read_dir(dir.join(sub))
                 .unwrap()
                 .map(|e| e.unwrap().path())
@@ -747,7 +825,7 @@ mod tests {
                 tasks.push(Task::load(&f).unwrap());
             }
         }
-        assert!(tasks.len() >= 9, "{}", tasks.len());
+        assert!(tasks.len() >= 60, "{}", tasks.len());
         for t in &tasks {
             let back = Task::from_canonical(&t.canonical(), t.digest(), Path::new("x")).unwrap();
             assert_eq!(back.digest(), t.digest(), "{}", t.name());
@@ -855,6 +933,43 @@ answer_field = "label"
             let t = Task::builtin(n).unwrap();
             assert_eq!(t.name(), n);
             assert_eq!(Task::resolve(n, Path::new("/x")).unwrap(), t);
+        }
+        assert_eq!(Task::builtin_names().count(), 29);
+        // Each built-in task is its file under tasks/ (same digest), reading the shipped
+        // copy of the file that task file names by path.
+        let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tasks");
+        for b in builtins() {
+            let t = Task::builtin(b.name).unwrap();
+            assert!(t.path.is_none(), "{}", b.name);
+            assert_eq!(t.bundled().map(|d| d.name), Some(b.data));
+            let file = match b.name.strip_prefix("bbh_") {
+                Some(rest) => tasks.join("bbh").join(format!("{rest}.toml")),
+                None => tasks.join(format!("{}.toml", b.name)),
+            };
+            let from_file = Task::load(&file).unwrap();
+            assert_eq!(from_file.digest(), t.digest(), "{}", b.name);
+            assert!(from_file.bundled().is_none());
+            let path = from_file.path.clone().unwrap();
+            assert!(path.ends_with(b.data), "{}: {}", b.name, path.display());
+            assert_eq!(std::fs::read(&path).unwrap(), t.bundled().unwrap().bytes);
+            assert_eq!(Task::builtin_for_file(&path).unwrap(), t);
+        }
+        for (file, name) in [
+            ("/d/laser_fever.jsonl", Some("fever")),
+            ("/d/laser_qa_wikidata.jsonl", Some("qa_wikidata")),
+            (
+                "/x/bigbench/epistemic_reasoning/task.json",
+                Some("epistemic_reasoning"),
+            ),
+            ("/x/task.json", None),
+            ("/x/navigate.json", Some("bbh_navigate")),
+            ("/x/mine.jsonl", None),
+        ] {
+            assert_eq!(
+                Task::builtin_for_file(Path::new(file)).map(|t| t.name().to_string()),
+                name.map(str::to_string),
+                "{file}"
+            );
         }
         let e = Task::resolve("truthful_qa", Path::new("/x")).unwrap_err();
         assert!(e.to_string().contains("unknown task `truthful_qa`"), "{e}");

@@ -437,6 +437,13 @@ pub fn copies_prompt(prompt: &str, continuation: &str) -> bool {
     !c.is_empty() && normalize_answer(prompt).contains(&c)
 }
 
+/// `match = "text"`: equal after stripping and making every run of whitespace one
+/// space; case and punctuation count.
+pub fn text_match(continuation: &str, target: &str) -> bool {
+    let t: Vec<&str> = target.split_whitespace().collect();
+    !t.is_empty() && continuation.split_whitespace().eq(t.iter().copied())
+}
+
 /// The scores of one generated continuation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GenerationScore {
@@ -465,6 +472,7 @@ pub fn score_generation(
         Match::Substring => (substring_match(continuation, target), None),
         Match::Exact => (exact, None),
         Match::TokenF1 => (f1 == 1.0, Some(f1)),
+        Match::Text => (text_match(continuation, target), None),
     };
     GenerationScore {
         correct,
@@ -516,7 +524,7 @@ pub fn generation_metrics(
                 .sum::<f64>()
                 / n
         }
-        Match::Substring | Match::Exact => correct as f64 / n,
+        Match::Substring | Match::Exact | Match::Text => correct as f64 / n,
     };
     Ok(GenerationMetrics {
         n: scores.len(),
@@ -994,6 +1002,15 @@ mod tests {
         assert!(!s.correct);
         let s = score_generation(p, " Paris France", "Paris", Match::TokenF1);
         assert!(!s.correct && close(s.credit.unwrap(), 2.0 / 3.0));
+        // `text`: whitespace-normalized equality; punctuation and case count, which
+        // SQuAD's normalization drops (`) ]` and `] )` both normalize to nothing).
+        assert!(score_generation(p, " ) ]", ") ]", Match::Text).correct);
+        assert!(score_generation(p, "  )\t]  ", ") ]", Match::Text).correct);
+        assert!(!score_generation(p, " ] )", ") ]", Match::Text).correct);
+        assert!(score_generation(p, " ] )", ") ]", Match::Exact).correct);
+        assert!(!score_generation(p, " -35", "35", Match::Text).correct);
+        assert!(!score_generation(p, " yes", "Yes", Match::Text).correct);
+        assert!(!score_generation(p, " ", " ", Match::Text).correct);
         let m = generation_metrics(
             &[s, score_generation(p, "Paris", "Paris", Match::TokenF1)],
             Match::TokenF1,

@@ -4,20 +4,17 @@ use c2i_stages::grad::LossSample;
 use c2i_stages::model::tokenizer::{encode, encode_prompt};
 use std::path::PathBuf;
 
-/// The team's data sets: `$C2I_SHARED_DATASETS`, else `shared/datasets` beside the
-/// workspace (where CI puts it). A missing directory fails the test: these tests must
-/// never pass by skipping.
+/// The data sets shipped in the repository (`data/`, see its README): the tests read
+/// nothing outside the clone.
 #[allow(dead_code)]
-pub fn shared_datasets() -> PathBuf {
-    let dir = std::env::var_os("C2I_SHARED_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets"));
-    assert!(
-        dir.is_dir(),
-        "no shared data sets at {}: put shared/ beside the workspace or set C2I_SHARED_DATASETS",
-        dir.display()
-    );
-    dir
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data")
+}
+
+/// A built-in task's shipped rows, as the repository holds them.
+#[allow(dead_code)]
+pub fn builtin_data(task: &c2i_stages::data::Task) -> PathBuf {
+    data_dir().join(task.bundled().expect("a built-in task").name)
 }
 
 /// The opening of the US Declaration of Independence (public domain): the fixed
@@ -29,16 +26,15 @@ pub const PARAGRAPH: &str = "When in the Course of human events, it becomes nece
 /// f64 finite-difference checks quick): prompt, and `" " + target` as the answer.
 #[allow(dead_code)]
 pub fn wikidata_samples(tok: &tokenizers::Tokenizer, n: usize) -> Vec<LossSample> {
-    let path = shared_datasets().join("bigbench_qa_wikidata/laser_qa_wikidata.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
+    let path = data_dir().join("bigbench/qa_wikidata/task.json");
+    let rows = c2i_stages::data::bigbench::read_laser_rows(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    rows.iter()
+        .filter(|r| r.example.targets.len() == 1)
         .take(n)
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            LossSample {
-                prompt: encode_prompt(tok, v["inputs"].as_str().unwrap()).unwrap(),
-                answer: encode(tok, &format!(" {}", v["target"].as_str().unwrap())).unwrap(),
-            }
+        .map(|r| LossSample {
+            prompt: encode_prompt(tok, &r.example.inputs).unwrap(),
+            answer: encode(tok, &format!(" {}", r.example.targets[0])).unwrap(),
         })
         .collect()
 }

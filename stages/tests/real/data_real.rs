@@ -1,7 +1,6 @@
-//! The data module on the real shared data sets (`../shared/datasets/` beside the
-//! workspace, or `$C2I_SHARED_DATASETS`). A missing directory fails the tests.
+//! The data module on the real data sets shipped in the repository (`data/`).
 
-use crate::common::shared_datasets;
+use crate::common::{builtin_data, data_dir};
 
 use c2i_stages::data::bigbench::{self, BigBenchSplit};
 use c2i_stages::data::pyjson::PyJson;
@@ -9,12 +8,11 @@ use c2i_stages::data::{
     load, selection_len, selection_samples, Answer, Dataset, SampleSize, SampleSpec, Split, Task,
 };
 use c2i_stages::eval::metrics::classification_metrics;
-use std::path::Path;
 
-/// A built-in task and its data set from the team's shared copy.
+/// A built-in task and its shipped data set.
 fn builtin(name: &str) -> (Task, Dataset) {
     let t = Task::builtin(name).unwrap();
-    let file = shared_datasets().join(t.laser_file().unwrap());
+    let file = builtin_data(&t);
     let d = load(&t, &file).unwrap_or_else(|e| panic!("{e}"));
     (t, d)
 }
@@ -95,25 +93,20 @@ fn builtin_task_files_give_the_old_parsers_rows_byte_for_byte() {
             "{name}: rows differ from the old parser's"
         );
     }
-    // The BigBench tasks read from their task.json (the shared copy and the package's)
-    // give the same examples as the LASER-ordered JSON lines.
-    for (name, dir) in [
-        ("epistemic_reasoning", "bigbench_epistemic_reasoning"),
-        ("qa_wikidata", "bigbench_qa_wikidata"),
-    ] {
+    // The BigBench tasks, read from their task.json above, give the same examples from
+    // its LASER-ordered rebuild written as JSON lines (`format = "bigbench"`, `.jsonl`).
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["epistemic_reasoning", "qa_wikidata"] {
         let t = Task::builtin(name).unwrap();
         let want = OLD_PARSER_DIGESTS.iter().find(|x| x.0 == name).unwrap().2;
-        let shared = load(&t, &shared_datasets().join(dir).join("task.json")).unwrap();
+        let rows = bigbench::read_laser_rows(&builtin_data(&t)).unwrap();
+        let jsonl = dir.path().join(format!("laser_{name}.jsonl"));
+        std::fs::write(&jsonl, bigbench::to_jsonl(&rows)).unwrap();
+        let rebuilt = load(&t, &jsonl).unwrap();
         assert_eq!(
-            examples_digest(&shared),
+            examples_digest(&rebuilt),
             want,
-            "{name} from the shared task.json"
-        );
-        let package = load(&t, &c2i_stages::data::bigbench_package_file(&t).unwrap()).unwrap();
-        assert_eq!(
-            examples_digest(&package),
-            want,
-            "{name} from the bigbench package"
+            "{name} from its LASER-ordered JSON lines"
         );
     }
 }
@@ -219,8 +212,7 @@ fn truthfulqa_prompt(question: &str, answer: &str) -> String {
 
 #[test]
 fn truthfulqa_prompts_rebuild_from_mc_task() {
-    let root = shared_datasets();
-    let text = std::fs::read_to_string(root.join("truthfulqa/mc_task_v0.json")).unwrap();
+    let text = std::fs::read_to_string(data_dir().join("truthfulqa/mc_task_v0.json")).unwrap();
     let PyJson::List(questions) = PyJson::parse(&text).unwrap() else {
         panic!("mc_task_v0.json is not a list")
     };
@@ -251,99 +243,67 @@ fn truthfulqa_prompts_rebuild_from_mc_task() {
     );
 }
 
-fn check_bigbench_rebuild(dir: &str, file: &str, raw_distinct: Option<usize>) {
-    let root = shared_datasets();
-    let task_json = root.join(dir).join("task.json");
-    let rows = bigbench::read_laser_rows(&task_json).unwrap();
-    let single: Vec<&bigbench::BigBenchRow> = rows
+/// sha256 of `data/derivation/build_laser_format.py`'s output for a BIG-bench task
+/// (`laser_<task>.jsonl`, as the team built it from the same task.json).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
         .iter()
-        .filter(|r| r.example.targets.len() == 1)
-        .collect();
-    let shared_path = root.join(dir).join(file);
-    let shared = std::fs::read_to_string(&shared_path).unwrap();
-    let lines: Vec<&str> = shared.lines().collect();
-    assert_eq!(single.len(), lines.len(), "{dir}: row count");
-    for (i, (row, line)) in single.iter().zip(&lines).enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(
-            row.example.inputs,
-            v["inputs"].as_str().unwrap(),
-            "{dir}: inputs of row {i}"
-        );
-        assert_eq!(
-            row.example.targets[0],
-            v["target"].as_str().unwrap(),
-            "{dir}: target of row {i}"
-        );
-        assert_eq!(
-            row.split.name(),
-            v["split"].as_str().unwrap(),
-            "{dir}: split of row {i}"
-        );
-    }
-    // Byte for byte as build_laser_format.py writes it.
-    assert!(
-        bigbench::to_jsonl(&rows) == shared,
-        "{dir}: file bytes differ"
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn check_bigbench_rebuild(task: &str, laser_sha256: &str, raw_distinct: usize, rows_kept: usize) {
+    let task_json = data_dir().join("bigbench").join(task).join("task.json");
+    let rows = bigbench::read_laser_rows(&task_json).unwrap();
+    let single = rows.iter().filter(|r| r.example.targets.len() == 1).count();
+    assert_eq!(single, rows_kept, "{task}: rows with one target");
+    // Byte for byte as build_laser_format.py wrote it (the file's sha256, pinned from
+    // the team's copy: inputs, target and split of every row in LASER's order).
+    assert_eq!(
+        sha256_hex(bigbench::to_jsonl(&rows).as_bytes()),
+        laser_sha256,
+        "{task}: the LASER-ordered rebuild differs from build_laser_format.py's file"
     );
-    if let Some(n) = raw_distinct {
-        let s =
-            bigbench::hf_splits(&std::fs::read_to_string(&task_json).unwrap(), &task_json).unwrap();
-        assert_eq!(
-            s.train.len() + s.validation.len(),
-            n,
-            "{dir}: distinct examples"
-        );
-        assert_eq!(s.validation.len(), selection_len(n).max(16));
-        // Same as the shared HF-style validation split.
-        let val = std::fs::read_to_string(root.join(dir).join("validation.jsonl")).unwrap();
-        let val: Vec<serde_json::Value> = val
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(val.len(), s.validation.len());
-        for (a, b) in s.validation.iter().zip(&val) {
-            assert_eq!(a.inputs, b["inputs"].as_str().unwrap());
-            let t: Vec<&str> = b["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().unwrap())
-                .collect();
-            assert_eq!(a.targets, t);
-        }
-    }
+    let s = bigbench::hf_splits(&std::fs::read_to_string(&task_json).unwrap(), &task_json).unwrap();
+    assert_eq!(
+        s.train.len() + s.validation.len(),
+        raw_distinct,
+        "{task}: distinct examples"
+    );
+    assert_eq!(s.validation.len(), selection_len(raw_distinct).max(16));
     let n_val = rows
         .iter()
         .filter(|r| r.split == BigBenchSplit::Validation)
         .count();
+    assert_eq!(n_val, s.validation.len());
     assert!(rows[..n_val]
         .iter()
         .all(|r| r.split == BigBenchSplit::Validation));
-    let _ = Path::new(file);
 }
 
 #[test]
-fn bigbench_epistemic_reasoning_rebuild_matches_shared_file() {
+fn bigbench_epistemic_reasoning_rebuild_matches_the_laser_file() {
     check_bigbench_rebuild(
-        "bigbench_epistemic_reasoning",
-        "laser_epistemic_reasoning.jsonl",
-        Some(2000),
+        "epistemic_reasoning",
+        "3af330fd4b2ff463ab1bf544156c913d40472a1c8b34f6c181ccda8745ffedd6",
+        2000,
+        2000,
     );
 }
 
 #[test]
-fn bigbench_qa_wikidata_rebuild_matches_shared_file() {
+fn bigbench_qa_wikidata_rebuild_matches_the_laser_file() {
     check_bigbench_rebuild(
-        "bigbench_qa_wikidata",
-        "laser_qa_wikidata.jsonl",
-        Some(20321),
+        "qa_wikidata",
+        "7f2ece3c31bbedabe75c15580a83d2c50cab53c717582680865089c866c3b3ed",
+        20321,
+        18812,
     );
 }
 
 #[test]
 fn selection_samples_on_real_sizes() {
-    shared_datasets();
     for n_rows in [2000, 18812, 13086, 5882, 14810] {
         let s = selection_samples(
             n_rows,

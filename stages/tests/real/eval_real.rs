@@ -3,7 +3,7 @@
 //! forward for a real rank-reduced candidate, KV-cached generation against repeated
 //! full forwards, and a small evaluation against a direct recomputation.
 
-use crate::common::shared_datasets;
+use crate::common::builtin_data;
 
 use c2i_stages::assets::smollm2_gguf;
 use c2i_stages::compress::dense_with_ranks;
@@ -41,11 +41,10 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// A built-in task's data set, from the team's shared copy.
+/// A built-in task's data set, as shipped.
 fn examples(task: &str) -> Dataset {
     let t = Task::builtin(task).expect("a built-in task");
-    let file = t.laser_file().expect("a LASER file");
-    load(&t, &shared_datasets().join(file)).expect("load data set")
+    load(&t, &builtin_data(&t)).expect("load data set")
 }
 
 /// The first `n` rows of the 100-row evaluation sample of the selection split.

@@ -4,18 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-/// `../shared/datasets`, or `$C2I_SHARED_DATASETS`. The tests fail, never skip, without it.
-pub fn shared_datasets() -> PathBuf {
-    let dir = std::env::var_os("C2I_SHARED_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    assert!(dir.is_dir(), "no shared data sets at {}", dir.display());
-    dir
+/// The data sets shipped in the repository (`data/`): the tests read nothing outside
+/// the clone.
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
 }
 
-/// The epistemic-reasoning rows in LASER's order.
+/// The epistemic-reasoning rows (BIG-bench's task.json, read in LASER's order).
 pub fn epistemic_data() -> PathBuf {
-    shared_datasets().join("bigbench_epistemic_reasoning/laser_epistemic_reasoning.jsonl")
+    data_dir().join("bigbench/epistemic_reasoning/task.json")
 }
 
 /// A tiny pipeline on the epistemic-reasoning rows in `data`: `rows` = (calibration, evaluation,
