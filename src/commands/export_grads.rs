@@ -17,9 +17,10 @@ use std::time::Instant;
 #[derive(clap::Args)]
 #[command(
     after_help = "DATA FORMAT: --data takes the rows of the task (--task): a built-in \
-task's file in LASER's order (shared/datasets/*/laser_*.jsonl, or a BigBench task.json for \
-epistemic_reasoning and qa_wikidata), or the rows of your own task file (JSONL, CSV, \
-Parquet, BigBench task.json; see `c2i task check`). The calibration rows are drawn from the \
+task's file as shipped in data/ (data/fever/laser_fever.jsonl, \
+data/bigbench/epistemic_reasoning/task.json, data/bbh/navigate.json, ...), or the rows of \
+your own task file (JSONL, CSV, Parquet, BigBench task.json, BIG-Bench-Hard JSON; see `c2i \
+task check`). The calibration rows are drawn from the \
 task's selection split (the first 20% of the rows unless the task sets selection_share), \
 disjoint from the evaluation sample of the same --eval-samples/--eval-seed."
 )]
@@ -32,8 +33,9 @@ pub struct Args {
     /// The data file (see DATA FORMAT below).
     #[arg(long)]
     pub data: PathBuf,
-    /// A built-in task (epistemic_reasoning, qa_wikidata, fever, truthfulqa, hotpotqa)
-    /// or a task file. Inferred from a LASER file name (laser_fever.jsonl) when omitted.
+    /// A built-in task (epistemic_reasoning, qa_wikidata, fever, truthfulqa, hotpotqa,
+    /// bbh_<task>) or a task file. Inferred from a shipped file's name or place
+    /// (laser_fever.jsonl, bigbench/qa_wikidata/task.json) when omitted.
     #[arg(long)]
     pub task: Option<String>,
     /// Number of calibration samples.

@@ -474,12 +474,15 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
     // overwrite the file's own (and a later --frozen run of the file would fail).
     let overridden = !args.set.is_empty();
     let mut lock_note = String::new();
+    // What happened to the lock, for --json: state and, when outputs differ, why.
+    let mut lock_state: Option<(&str, Option<String>)> = None;
     if let (Some(lock), false, None, false) = (&r.lock, args.frozen, args.until, overridden) {
         let change =
             c2i_engine::lock::read(&lock_file).map(|old| c2i_engine::lock::compare(&old, lock));
         match change {
             Some(LockChange::Same) => {
                 lock_note = format!("; {} matches this run", lock_file.display());
+                lock_state = Some(("matches", None));
             }
             Some(LockChange::Outputs(why)) if !args.update_lock => {
                 lock_note = format!(
@@ -487,19 +490,30 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
                      ({why}); `c2i run --update-lock` replaces it",
                     lock_file.display()
                 );
+                tracing::warn!(lock = %lock_file.display(), "lock left as it was: {why}");
+                lock_state = Some(("kept", Some(why)));
             }
             other => {
                 c2i_engine::lock::write(&lock_file, lock)?;
                 wrote_lock = true;
-                lock_note = match other {
-                    None => format!(", and {}", lock_file.display()),
-                    Some(LockChange::Outputs(why)) => format!(
-                        ", and replaced {} (--update-lock; it differed: {why})",
-                        lock_file.display()
+                (lock_note, lock_state) = match other {
+                    None => (
+                        format!(", and {}", lock_file.display()),
+                        Some(("written", None)),
                     ),
-                    _ => format!(
-                        ", and rewrote {} (the pipeline's stage instances changed)",
-                        lock_file.display()
+                    Some(LockChange::Outputs(why)) => (
+                        format!(
+                            ", and replaced {} (--update-lock; it differed: {why})",
+                            lock_file.display()
+                        ),
+                        Some(("replaced", Some(why))),
+                    ),
+                    _ => (
+                        format!(
+                            ", and rewrote {} (the pipeline's stage instances changed)",
+                            lock_file.display()
+                        ),
+                        Some(("rewritten", None)),
                     ),
                 };
             }
@@ -533,6 +547,11 @@ pub fn run(args: RunArgs, out: &Output) -> Result<()> {
             "remote": r.remote,
             "executor": r.executor,
             "lock": if wrote_lock || args.frozen { Some(&lock_file) } else { None },
+            "lock_state": lock_state.map(|(state, why)| serde_json::json!({
+                "file": lock_file,
+                "state": state,
+                "differs": why,
+            })),
             "peak_rss_bytes": peak,
         }),
     );

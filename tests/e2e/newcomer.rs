@@ -199,11 +199,22 @@ fn a_bigbench_task_that_is_not_shipped_says_where_c2i_looked() {
     // Given a checkout that has it, the task reads it.
     let dir = checkout.join("bigbench/benchmark_tasks/winowhy");
     std::fs::create_dir_all(&dir).unwrap();
+    // 20 examples (BIG-bench's split needs at least 16).
+    let examples: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"input": "sentence {i}", "target_scores": {{"correct": {}, "incorrect": {}}}}}"#,
+                i % 2,
+                1 - i % 2
+            )
+        })
+        .collect();
     std::fs::write(
         dir.join("task.json"),
-        r#"{"name": "winowhy", "examples": [
-            {"input": "a", "target_scores": {"correct": 1, "incorrect": 0}},
-            {"input": "b", "target_scores": {"correct": 0, "incorrect": 1}}]}"#,
+        format!(
+            r#"{{"name": "winowhy", "examples": [{}]}}"#,
+            examples.join(", ")
+        ),
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_c2i"))
@@ -212,5 +223,7 @@ fn a_bigbench_task_that_is_not_shipped_says_where_c2i_looked() {
         .args(["task", "check", task.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let said = text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("rows: 20 from"), "{said}");
 }

@@ -263,7 +263,7 @@ fn an_unknown_format_kind_or_match() {
     for (task, want) in [
         (
             FIXED.replace("kind = \"choice\"\n", "kind = \"choice\"\nformat = \"xml\"\n"),
-            "DIR/task.toml:3: field `format`: unknown format `xml`: expected jsonl, csv, parquet or bigbench",
+            "DIR/task.toml:3: field `format`: unknown format `xml`: expected jsonl, csv, parquet, bigbench or bbh",
         ),
         (
             FIXED.replace("\"choice\"", "\"rank\""),
@@ -272,7 +272,7 @@ fn an_unknown_format_kind_or_match() {
         (
             "name = \"g\"\nkind = \"generate\"\nprompt = \"{claim}\"\nanswer_field = \"claim\"\nmatch = \"fuzzy\"\n"
                 .to_string(),
-            "DIR/task.toml:5: field `match`: unknown match `fuzzy`: expected substring, exact or token_f1",
+            "DIR/task.toml:5: field `match`: unknown match `fuzzy`: expected substring, exact, token_f1 or text",
         ),
     ] {
         bad(&task, "rows.jsonl", rows.as_bytes(), (2, 2, 2), &[want]);

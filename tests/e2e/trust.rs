@@ -733,10 +733,12 @@ fn lock_files_do_not_depend_on_the_thread_count_and_frozen_runs_check_them() {
     // digest) leaves the lock as it was and says which output differs, so running a
     // shipped pipeline never dirties a clone silently; --update-lock replaces it.
     let forged_lock = std::fs::read_to_string(&lock_path).unwrap();
-    let o = ok(
-        run(&p, &cache, &[]),
-        "plain run against a lock of other bytes",
-    );
+    let plain = |args: &[&str]| {
+        let mut c = c2i();
+        c.arg("run").arg(&p).arg("--cache").arg(&cache).args(args);
+        c
+    };
+    let o = ok(plain(&[]), "plain run against a lock of other bytes");
     let said = String::from_utf8_lossy(&o.stdout);
     assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), forged_lock);
     for s in [
@@ -747,17 +749,20 @@ fn lock_files_do_not_depend_on_the_thread_count_and_frozen_runs_check_them() {
     ] {
         assert!(said.contains(s), "the run does not say `{s}`:\n{said}");
     }
-    let o = ok(run(&p, &cache, &["--update-lock"]), "--update-lock run");
+    let o = ok(plain(&["--update-lock"]), "--update-lock run");
     assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), lock);
     assert!(String::from_utf8_lossy(&o.stdout).contains("replaced"));
-    // An unchanged run leaves the file alone (not even rewritten).
+    // An unchanged run leaves the file alone (not even rewritten); --json says so.
     let mtime = std::fs::metadata(&lock_path).unwrap().modified().unwrap();
-    let o = ok(run(&p, &cache, &[]), "unchanged run");
+    let mut json = plain(&[]);
+    json.arg("--json");
+    let o = ok(json, "unchanged run");
     assert_eq!(
         std::fs::metadata(&lock_path).unwrap().modified().unwrap(),
         mtime
     );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("matches this run"));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["lock_state"]["state"], "matches", "{j}");
     // A pipeline that no longer matches the lock fails before computing anything.
     std::fs::write(&lock_path, &lock).unwrap();
     let out = run(&p, &cache, &["--frozen", "--set", "search.keep=[0.2]"])
