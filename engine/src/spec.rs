@@ -6,7 +6,7 @@
 //! Relative paths in the file are resolved against the file's directory.
 
 use c2i_stages::data::split::{SampleSize, SampleSpec};
-use c2i_stages::data::{DataError, Format, Task};
+use c2i_stages::data::{DataError, Task};
 use c2i_stages::eval::metrics::SelectionMetric;
 use c2i_stages::eval::race::Racing;
 use c2i_stages::model::weights::SaveDType;
@@ -782,8 +782,7 @@ impl Pipeline {
         })?;
         if spec.data.path.is_none()
             && task.path.is_none()
-            && task.bundled().is_none()
-            && task.format != Some(Format::Bigbench)
+            && !c2i_stages::data::has_default_rows(&task)
         {
             return Err(bad(
                 "data.path",

@@ -11,58 +11,12 @@
 use super::error::DataError;
 use std::path::{Path, PathBuf};
 
-/// One shipped file: its path under `data/` and its bytes.
+/// One shipped file: its path under `data/` and its bytes (the built-in tasks' table,
+/// [`super::task::builtins`], holds one per task).
 #[derive(Debug)]
 pub struct Bundled {
     pub name: &'static str,
     pub bytes: &'static [u8],
-}
-
-macro_rules! bundled {
-    ($($name:literal),* $(,)?) => {
-        &[$(Bundled {
-            name: $name,
-            bytes: include_bytes!(concat!("../../../data/", $name)),
-        }),*]
-    };
-}
-
-/// Every file a built-in task reads.
-pub const FILES: &[Bundled] = bundled!(
-    "bigbench/epistemic_reasoning/task.json",
-    "bigbench/qa_wikidata/task.json",
-    "fever/laser_fever.jsonl",
-    "truthfulqa/laser_truthfulqa_pointwise.jsonl",
-    "hotpotqa/laser_hotpot_unfiltered.jsonl",
-    "bbh/boolean_expressions.json",
-    "bbh/disambiguation_qa.json",
-    "bbh/dyck_languages.json",
-    "bbh/geometric_shapes.json",
-    "bbh/hyperbaton.json",
-    "bbh/logical_deduction_five_objects.json",
-    "bbh/logical_deduction_seven_objects.json",
-    "bbh/logical_deduction_three_objects.json",
-    "bbh/movie_recommendation.json",
-    "bbh/multistep_arithmetic_two.json",
-    "bbh/navigate.json",
-    "bbh/object_counting.json",
-    "bbh/penguins_in_a_table.json",
-    "bbh/reasoning_about_colored_objects.json",
-    "bbh/ruin_names.json",
-    "bbh/salient_translation_error_detection.json",
-    "bbh/snarks.json",
-    "bbh/sports_understanding.json",
-    "bbh/temporal_sequences.json",
-    "bbh/tracking_shuffled_objects_five_objects.json",
-    "bbh/tracking_shuffled_objects_seven_objects.json",
-    "bbh/tracking_shuffled_objects_three_objects.json",
-    "bbh/web_of_lies.json",
-    "bbh/word_sorting.json",
-);
-
-/// A shipped file by its path under `data/`.
-pub fn find(name: &str) -> Option<&'static Bundled> {
-    FILES.iter().find(|b| b.name == name)
 }
 
 /// The directory shipped files are written to: `$C2I_HOME/data`.
@@ -82,23 +36,20 @@ impl Bundled {
         if std::fs::read(&dest).is_ok_and(|b| b == self.bytes) {
             return Ok(dest);
         }
-        let write_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| DataError::Write { path, source }
+        let write_err = |e: crate::assets::AssetError| match e {
+            crate::assets::AssetError::Io { path, source } => DataError::Write { path, source },
+            other => DataError::File {
+                path: dest.clone(),
+                message: other.to_string(),
+            },
         };
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+            std::fs::create_dir_all(parent).map_err(|source| DataError::Write {
+                path: parent.to_owned(),
+                source,
+            })?;
         }
-        let tmp = dest.with_file_name(format!(
-            ".{}.{}.tmp",
-            dest.file_name().and_then(|n| n.to_str()).unwrap_or("data"),
-            std::process::id()
-        ));
-        std::fs::write(&tmp, self.bytes).map_err(write_err(&tmp))?;
-        std::fs::rename(&tmp, &dest).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            write_err(&dest)(e)
-        })?;
+        crate::assets::write_atomic(&dest, self.bytes).map_err(write_err)?;
         Ok(dest)
     }
 
@@ -110,15 +61,8 @@ impl Bundled {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use sha2::{Digest, Sha256};
-
-    fn sha256(bytes: &[u8]) -> String {
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
+    use super::super::task::builtins;
+    use crate::assets::sha256_hex;
 
     /// The files are the ones `data/README.md` pins (the sources' bytes).
     #[test]
@@ -130,20 +74,19 @@ mod tests {
             .filter(|(h, _)| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .collect();
         assert!(pinned.len() >= 5, "data/README.md pins {pinned:?}");
-        for (hash, name) in pinned {
-            if let Some(b) = find(name) {
-                assert_eq!(sha256(b.bytes), hash, "{name}");
-            }
-        }
-        for b in FILES {
-            assert!(!b.bytes.is_empty(), "{}", b.name);
+        for b in builtins() {
+            let (hash, _) = pinned
+                .iter()
+                .find(|(_, name)| *name == b.data.name)
+                .unwrap_or_else(|| panic!("data/README.md pins no sha256 for {}", b.data.name));
+            assert_eq!(sha256_hex(b.data.bytes), *hash, "{}", b.data.name);
         }
     }
 
     #[test]
     fn materialize_writes_once_and_repairs_a_changed_copy() {
         let dir = tempfile::tempdir().unwrap();
-        let b = find("bbh/navigate.json").unwrap();
+        let b = &builtins().find(|b| b.name == "bbh_navigate").unwrap().data;
         let p = b.materialize_in(dir.path()).unwrap();
         assert_eq!(p, dir.path().join("bbh/navigate.json"));
         assert_eq!(std::fs::read(&p).unwrap(), b.bytes);
@@ -154,6 +97,5 @@ mod tests {
         std::fs::write(&p, b"{\"examples\": []}").unwrap();
         b.materialize_in(dir.path()).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b.bytes);
-        assert!(find("bbh/no_such_task.json").is_none());
     }
 }

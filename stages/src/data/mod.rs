@@ -231,11 +231,16 @@ pub fn default_rows(task: &Task) -> Result<Option<PathBuf>, DataError> {
     if let Some(b) = task.bundled() {
         return b.materialize().map(Some);
     }
-    if task.format == Some(Format::Bigbench) {
+    if has_default_rows(task) {
         let dir = std::env::var_os(BIGBENCH_DIR_VAR).filter(|v| !v.is_empty());
         return bigbench_task_json(task, dir.as_deref().map(Path::new)).map(Some);
     }
     Ok(None)
+}
+
+/// Whether [`default_rows`] has rows for `task` (without writing or looking for them).
+pub fn has_default_rows(task: &Task) -> bool {
+    task.bundled().is_some() || task.format == Some(Format::Bigbench)
 }
 
 /// A BIG-bench task's `task.json` (`benchmark_tasks/<name>[/<subtask>]/task.json`) in

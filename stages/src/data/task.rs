@@ -23,6 +23,7 @@
 //! files under `tasks/` compiled in with their data ([`Task::builtin`],
 //! [`super::bundled`]); `[data] task` takes one of their names or a path.
 
+use super::bundled::Bundled;
 use super::error::DataError;
 use super::template::Template;
 use serde::{Deserialize, Serialize};
@@ -229,54 +230,65 @@ pub enum TaskKind {
 }
 
 /// A built-in task: a task file under `tasks/` compiled in, and the shipped data file
-/// ([`super::bundled`]) it reads when the pipeline names no other.
-#[derive(Debug, Clone, Copy)]
+/// it reads when the pipeline names no other, compiled in too.
+#[derive(Debug)]
 pub struct Builtin {
     /// The name `[data] task` gives, which is also the task file's `name`.
     pub name: &'static str,
     /// The task file's text.
     pub text: &'static str,
-    /// Its rows: a path under `data/`.
-    pub data: &'static str,
+    /// Its rows: a file under `data/`.
+    pub data: Bundled,
 }
 
-macro_rules! bbh {
-    ($($task:literal),* $(,)?) => {
-        [$(Builtin {
-            name: concat!("bbh_", $task),
-            text: include_str!(concat!("../../../tasks/bbh/", $task, ".toml")),
-            data: concat!("bbh/", $task, ".json"),
-        }),*]
+/// A built-in task from `tasks/<task_file>` and `data/<data>`.
+macro_rules! builtin {
+    ($name:expr, $task_file:expr, $data:expr) => {
+        Builtin {
+            name: $name,
+            text: include_str!(concat!("../../../tasks/", $task_file)),
+            data: Bundled {
+                name: $data,
+                bytes: include_bytes!(concat!("../../../data/", $data)),
+            },
+        }
     };
 }
 
-/// The five LASER data sets that can be had, then the 24 BIG-Bench-Hard tasks.
+/// BIG-Bench-Hard tasks: `bbh_<task>`, `tasks/bbh/<task>.toml`, `data/bbh/<task>.json`.
+macro_rules! bbh {
+    ($($task:literal),* $(,)?) => {
+        [$(builtin!(
+            concat!("bbh_", $task),
+            concat!("bbh/", $task, ".toml"),
+            concat!("bbh/", $task, ".json")
+        )),*]
+    };
+}
+
+/// The five LASER data sets that can be had.
 const LASER_BUILTIN: [Builtin; 5] = [
-    Builtin {
-        name: "epistemic_reasoning",
-        text: include_str!("../../../tasks/epistemic_reasoning.toml"),
-        data: "bigbench/epistemic_reasoning/task.json",
-    },
-    Builtin {
-        name: "qa_wikidata",
-        text: include_str!("../../../tasks/qa_wikidata.toml"),
-        data: "bigbench/qa_wikidata/task.json",
-    },
-    Builtin {
-        name: "fever",
-        text: include_str!("../../../tasks/fever.toml"),
-        data: "fever/laser_fever.jsonl",
-    },
-    Builtin {
-        name: "truthfulqa",
-        text: include_str!("../../../tasks/truthfulqa.toml"),
-        data: "truthfulqa/laser_truthfulqa_pointwise.jsonl",
-    },
-    Builtin {
-        name: "hotpotqa",
-        text: include_str!("../../../tasks/hotpotqa.toml"),
-        data: "hotpotqa/laser_hotpot_unfiltered.jsonl",
-    },
+    builtin!(
+        "epistemic_reasoning",
+        "epistemic_reasoning.toml",
+        "bigbench/epistemic_reasoning/task.json"
+    ),
+    builtin!(
+        "qa_wikidata",
+        "qa_wikidata.toml",
+        "bigbench/qa_wikidata/task.json"
+    ),
+    builtin!("fever", "fever.toml", "fever/laser_fever.jsonl"),
+    builtin!(
+        "truthfulqa",
+        "truthfulqa.toml",
+        "truthfulqa/laser_truthfulqa_pointwise.jsonl"
+    ),
+    builtin!(
+        "hotpotqa",
+        "hotpotqa.toml",
+        "hotpotqa/laser_hotpot_unfiltered.jsonl"
+    ),
 ];
 
 /// BIG-Bench-Hard (`tasks/bbh/*.toml`, named `bbh_<task>`).
@@ -639,10 +651,11 @@ impl Task {
     }
 
     /// For a built-in task: the shipped data file it reads.
-    pub fn bundled(&self) -> Option<&'static super::bundled::Bundled> {
+    pub fn bundled(&self) -> Option<&'static Bundled> {
         let name = self.def.origin.to_str()?.strip_prefix("builtin:")?;
-        let b = builtins().find(|b| b.name == name && b.name == self.def.name)?;
-        super::bundled::find(b.data)
+        builtins()
+            .find(|b| b.name == name && b.name == self.def.name)
+            .map(|b| &b.data)
     }
 
     /// The built-in task whose shipped file `path` is: a path ending in that file's
@@ -650,11 +663,11 @@ impl Task {
     /// built-in task's file has (`laser_fever.jsonl`), or its LASER-ordered rebuild's
     /// name (`laser_qa_wikidata.jsonl`).
     pub fn builtin_for_file(path: &Path) -> Option<Task> {
-        let by_suffix = builtins().find(|b| path.ends_with(b.data));
+        let by_suffix = builtins().find(|b| path.ends_with(b.data.name));
         let by_name = || {
             let name = path.file_name()?;
             let mut same = builtins().filter(|b| {
-                Path::new(b.data).file_name() == Some(name)
+                Path::new(b.data.name).file_name() == Some(name)
                     || name.to_str() == Some(&format!("laser_{}.jsonl", b.name))
             });
             match (same.next(), same.next()) {
@@ -941,7 +954,7 @@ answer_field = "label"
         for b in builtins() {
             let t = Task::builtin(b.name).unwrap();
             assert!(t.path.is_none(), "{}", b.name);
-            assert_eq!(t.bundled().map(|d| d.name), Some(b.data));
+            assert_eq!(t.bundled().map(|d| d.name), Some(b.data.name));
             let file = match b.name.strip_prefix("bbh_") {
                 Some(rest) => tasks.join("bbh").join(format!("{rest}.toml")),
                 None => tasks.join(format!("{}.toml", b.name)),
@@ -950,8 +963,13 @@ answer_field = "label"
             assert_eq!(from_file.digest(), t.digest(), "{}", b.name);
             assert!(from_file.bundled().is_none());
             let path = from_file.path.clone().unwrap();
-            assert!(path.ends_with(b.data), "{}: {}", b.name, path.display());
-            assert_eq!(std::fs::read(&path).unwrap(), t.bundled().unwrap().bytes);
+            assert!(
+                path.ends_with(b.data.name),
+                "{}: {}",
+                b.name,
+                path.display()
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), b.data.bytes);
             assert_eq!(Task::builtin_for_file(&path).unwrap(), t);
         }
         for (file, name) in [

@@ -243,25 +243,16 @@ fn truthfulqa_prompts_rebuild_from_mc_task() {
     );
 }
 
-/// sha256 of `data/derivation/build_laser_format.py`'s output for a BIG-bench task
-/// (`laser_<task>.jsonl`, as the team built it from the same task.json).
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn check_bigbench_rebuild(task: &str, laser_sha256: &str, raw_distinct: usize, rows_kept: usize) {
     let task_json = data_dir().join("bigbench").join(task).join("task.json");
     let rows = bigbench::read_laser_rows(&task_json).unwrap();
     let single = rows.iter().filter(|r| r.example.targets.len() == 1).count();
     assert_eq!(single, rows_kept, "{task}: rows with one target");
-    // Byte for byte as build_laser_format.py wrote it (the file's sha256, pinned from
-    // the team's copy: inputs, target and split of every row in LASER's order).
+    // Byte for byte as data/derivation/build_laser_format.py wrote it (the sha256 of
+    // the team's `laser_<task>.jsonl`: inputs, target and split of every row in LASER's
+    // order).
     assert_eq!(
-        sha256_hex(bigbench::to_jsonl(&rows).as_bytes()),
+        c2i_stages::assets::sha256_hex(bigbench::to_jsonl(&rows).as_bytes()),
         laser_sha256,
         "{task}: the LASER-ordered rebuild differs from build_laser_format.py's file"
     );
